@@ -1,0 +1,180 @@
+//! Task events to containerd, from one ordered queue.
+//!
+//! RPC handlers and the exit path only enqueue; one forwarder task publishes in order through
+//! containerd's ttrpc Events.Forward, retrying while containerd is away (a restart must not lose
+//! a TaskExit), so the order of `publish` calls is the order containerd sees.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use containerd_shim_protos::events::task as ev;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim::event::Envelope;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::shim_async::EventsClient;
+use tokio::sync::{mpsc, oneshot};
+
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// After this many failed attempts an event is dropped, so a containerd that never returns
+/// cannot grow the queue forever (about 10 minutes at the capped backoff).
+const MAX_ATTEMPTS: u32 = 120;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Create(ev::TaskCreate),
+    Start(ev::TaskStart),
+    Exit(ev::TaskExit),
+    Delete(ev::TaskDelete),
+    ExecAdded(ev::TaskExecAdded),
+    ExecStarted(ev::TaskExecStarted),
+    Paused(ev::TaskPaused),
+    Resumed(ev::TaskResumed),
+}
+
+impl Event {
+    pub fn topic(&self) -> &'static str {
+        match self {
+            Event::Create(_) => "/tasks/create",
+            Event::Start(_) => "/tasks/start",
+            Event::Exit(_) => "/tasks/exit",
+            Event::Delete(_) => "/tasks/delete",
+            Event::ExecAdded(_) => "/tasks/exec-added",
+            Event::ExecStarted(_) => "/tasks/exec-started",
+            Event::Paused(_) => "/tasks/paused",
+            Event::Resumed(_) => "/tasks/resumed",
+        }
+    }
+
+    /// The payload as an Any with the bare type URL containerd 1.6 resolves (no
+    /// `type.googleapis.com/` prefix, which 1.6 silently drops).
+    pub fn to_any(&self) -> Any {
+        let (name, value) = match self {
+            Event::Create(m) => ("TaskCreate", m.write_to_bytes()),
+            Event::Start(m) => ("TaskStart", m.write_to_bytes()),
+            Event::Exit(m) => ("TaskExit", m.write_to_bytes()),
+            Event::Delete(m) => ("TaskDelete", m.write_to_bytes()),
+            Event::ExecAdded(m) => ("TaskExecAdded", m.write_to_bytes()),
+            Event::ExecStarted(m) => ("TaskExecStarted", m.write_to_bytes()),
+            Event::Paused(m) => ("TaskPaused", m.write_to_bytes()),
+            Event::Resumed(m) => ("TaskResumed", m.write_to_bytes()),
+        };
+        let mut any = Any::new();
+        any.type_url = format!("containerd.events.{name}");
+        any.value = value.unwrap_or_default();
+        any
+    }
+}
+
+pub fn timestamp(t: SystemTime) -> MessageField<Timestamp> {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut ts = Timestamp::new();
+    ts.seconds = d.as_secs() as i64;
+    ts.nanos = d.subsec_nanos() as i32;
+    MessageField::some(ts)
+}
+
+enum Msg {
+    Event(Event),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending side, cheap to clone; `publish` never blocks.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Publisher {
+    /// A publisher and the forwarder future to run (one per shim).
+    pub fn new(
+        ttrpc_address: String,
+        namespace: String,
+    ) -> (Publisher, impl std::future::Future<Output = ()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Publisher { tx }, forward_loop(rx, ttrpc_address, namespace))
+    }
+
+    /// A publisher whose events land in a channel, for tests of event order.
+    #[cfg(test)]
+    pub fn recording() -> (Publisher, mpsc::UnboundedReceiver<Event>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (etx, erx) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            while let Some(m) = rx.blocking_recv() {
+                match m {
+                    Msg::Event(e) => {
+                        let _ = etx.send(e);
+                    }
+                    Msg::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        (Publisher { tx }, erx)
+    }
+
+    pub fn publish(&self, event: Event) {
+        log::debug!("event {}", event.topic());
+        let _ = self.tx.send(Msg::Event(event));
+    }
+
+    /// Wait until every event queued so far was forwarded (or dropped), at most `limit`.
+    pub async fn flush(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
+    }
+}
+
+async fn forward_loop(mut rx: mpsc::UnboundedReceiver<Msg>, address: String, namespace: String) {
+    let mut client: Option<EventsClient> = None;
+    while let Some(msg) = rx.recv().await {
+        let event = match msg {
+            Msg::Event(e) => e,
+            Msg::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let mut req = ForwardRequest::new();
+        let mut env = Envelope::new();
+        env.timestamp = timestamp(SystemTime::now());
+        env.namespace = namespace.clone();
+        env.topic = event.topic().to_string();
+        env.event = MessageField::some(event.to_any());
+        req.envelope = MessageField::some(env);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if client.is_none() {
+                match ttrpc::asynchronous::Client::connect(&format!("unix://{address}")).await {
+                    Ok(c) => client = Some(EventsClient::new(c)),
+                    Err(e) => log::debug!("connect {address}: {e}"),
+                }
+            }
+            if let Some(c) = &client {
+                let ctx = ttrpc::context::with_duration(FORWARD_TIMEOUT);
+                match c.forward(ctx, &req).await {
+                    Ok(_) => break,
+                    Err(ttrpc::Error::RpcStatus(st)) if attempt >= 3 => {
+                        // containerd answered and refused: retrying will not change its mind.
+                        log::error!("containerd refused event {}: {}", event.topic(), st.message);
+                        break;
+                    }
+                    Err(e) => {
+                        log::warn!("publish {} (attempt {attempt}): {e}", event.topic());
+                        client = None;
+                    }
+                }
+            }
+            if attempt >= MAX_ATTEMPTS {
+                log::error!("dropping event {} after {attempt} attempts", event.topic());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
+        }
+    }
+}

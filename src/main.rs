@@ -1,0 +1,93 @@
+//! containerd-shim-rustshim-v2: argv -> action.
+
+mod bootstrap;
+mod cli;
+mod container;
+mod error;
+mod events;
+mod logger;
+mod mount;
+mod options;
+mod process;
+mod reaper;
+mod runtime;
+mod server;
+mod stdio;
+mod supervisor;
+mod task_service;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let flags = match cli::parse(std::env::args().skip(1)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("containerd-shim-rustshim-v2: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match flags.action {
+        cli::Action::Version => {
+            println!("containerd-shim-rustshim-v2:");
+            println!("  Version:  {}", env!("CARGO_PKG_VERSION"));
+            println!("  Runtime:  io.containerd.rustshim.v2");
+            ExitCode::SUCCESS
+        }
+        cli::Action::Info => {
+            eprintln!("containerd-shim-rustshim-v2: -info is not supported yet");
+            ExitCode::FAILURE
+        }
+        cli::Action::Start => match bootstrap::start(&flags) {
+            Ok(address) => {
+                bootstrap::print(address.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("containerd-shim-rustshim-v2 start: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        cli::Action::Delete => match bootstrap::delete(&flags) {
+            Ok(bytes) => {
+                bootstrap::print(&bytes);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("containerd-shim-rustshim-v2 delete: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        cli::Action::Serve => serve(&flags),
+    }
+}
+
+fn serve(flags: &cli::Flags) -> ExitCode {
+    logger::init(flags.debug, &flags.namespace, &flags.id);
+    if let Err(e) = server::prepare_process() {
+        log::error!("cannot become subreaper: {e}");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = server::Config {
+        namespace: flags.namespace.clone(),
+        ttrpc_address: cli::ttrpc_address(flags),
+        listener_fd: bootstrap::LISTENER_FD,
+        socket_path: flags.socket.clone(),
+    };
+    match rt.block_on(server::run(cfg)) {
+        Ok(()) => {
+            log::info!("shim exited");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The daemon: subreaper, event forwarder, reaper and the ttrpc Task server, on one thread.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim_protos::shim_async::create_task;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::events::Publisher;
+use crate::reaper::{self, ExitSink, Reaper};
+use crate::supervisor::Supervisor;
+use crate::task_service::TaskService;
+
+pub struct Config {
+    pub namespace: String,
+    pub ttrpc_address: String,
+    /// The listening socket inherited from `start`.
+    pub listener_fd: RawFd,
+    /// Its path, removed when the shim exits.
+    pub socket_path: Option<String>,
+}
+
+/// Serve until Shutdown finds nothing left, or SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> Result<(), String> {
+    let reaper = Arc::new(Reaper::default());
+    let (publisher, forwarder) = Publisher::new(cfg.ttrpc_address.clone(), cfg.namespace.clone());
+    tokio::spawn(forwarder);
+    let sup = Arc::new(Supervisor::new(publisher.clone(), reaper.clone(), cfg.namespace.clone()));
+    tokio::spawn(reaper.clone().run(sup.clone() as Arc<dyn ExitSink>));
+
+    let service = Arc::new(TaskService::new(sup.clone()));
+    let mut services = create_task(service.clone());
+    // containerd 1.6/1.7 call task.v2, 2.x calls task.v3: the same service under both names.
+    for (name, svc) in create_task(service) {
+        services.insert(name.replace(".v3.", ".v2."), svc);
+    }
+    // SAFETY: the fd was handed to us by `start` as our listening socket and nothing else owns it.
+    let mut server = unsafe { ttrpc::asynchronous::Server::new().add_unix_listener(cfg.listener_fd) }
+        .map_err(|e| format!("listen on inherited socket: {e}"))?
+        .register_service(services);
+    server.start().await.map_err(|e| format!("start ttrpc server: {e}"))?;
+    log::info!("serving on {}", cfg.socket_path.as_deref().unwrap_or("inherited socket"));
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = sup.shutdown.notified() => {}
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    }
+    // Let the Shutdown reply go out, then deliver queued events before the socket disappears.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    publisher.flush(Duration::from_secs(5)).await;
+    if let Some(path) = &cfg.socket_path {
+        let _ = std::fs::remove_file(path.strip_prefix("unix://").unwrap_or(path));
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), server.shutdown()).await;
+    Ok(())
+}
+
+/// Process-wide setup that must happen before the runtime's thread exists.
+pub fn prepare_process() -> std::io::Result<()> {
+    reaper::set_subreaper()?;
+    // A shim outlives containerd: a dead reader on a FIFO or socket must be an error, not death.
+    // SAFETY: setting signal dispositions to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    Ok(())
+}

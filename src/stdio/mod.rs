@@ -1,0 +1,331 @@
+//! A process's stdio: what the container gets, and the copies the shim runs.
+//!
+//! The container never gets containerd's FIFOs: it gets pipes (or a pty), and the shim copies.
+//! Output FIFOs are opened read-write, so the shim is itself a reader and a container writing
+//! while nobody listens (containerd restarting, a client detached) never gets SIGPIPE. The stdin
+//! FIFO gets a held writer, so the container sees EOF only when CloseIO drops it.
+
+pub mod console;
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::unix::pipe;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::runtime::ProcessStdio;
+use console::{Console, ConsoleSocket};
+
+/// Where one of containerd's stdio fields points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    None,
+    Fifo(PathBuf),
+    File(PathBuf),
+}
+
+impl Target {
+    pub fn parse(uri: &str) -> Result<Target> {
+        if uri.is_empty() {
+            return Ok(Target::None);
+        }
+        if let Some(path) = uri.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(Error::InvalidArgument(format!("file URI {uri:?} needs an absolute path")));
+            }
+            return Ok(Target::File(PathBuf::from(path)));
+        }
+        if let Some(path) = uri.strip_prefix("fifo://") {
+            return Ok(Target::Fifo(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = uri.split_once("://") {
+            return Err(Error::InvalidArgument(format!(
+                "stdio URI {uri:?}: scheme {scheme:?} is not supported"
+            )));
+        }
+        if !uri.starts_with('/') {
+            return Err(Error::InvalidArgument(format!("stdio path {uri:?} is not absolute")));
+        }
+        Ok(Target::Fifo(PathBuf::from(uri)))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// What the shim holds for a running process's stdio.
+#[derive(Default)]
+pub struct ProcessIo {
+    /// Our writer on the stdin FIFO; dropping it is CloseIO.
+    stdin_holder: Mutex<Option<OwnedFd>>,
+    console: Option<Arc<Console>>,
+    stdin_copy: Mutex<Option<JoinHandle<()>>>,
+    output_copies: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// IO prepared before the runtime runs; `start` after it succeeded.
+pub struct PendingIo {
+    pub runtime_stdio: ProcessStdio,
+    pub console_socket: Option<ConsoleSocket>,
+    stdin: Option<(pipe::Receiver, OwnedFd)>,
+    stdout: Option<Sink>,
+    stderr: Option<Sink>,
+    /// Non-terminal: our ends of the container's pipes.
+    pipes: (Option<pipe::Sender>, Option<pipe::Receiver>, Option<pipe::Receiver>),
+}
+
+enum Sink {
+    Fifo(pipe::Sender),
+    File(std::fs::File),
+}
+
+impl Sink {
+    fn open(target: &Target, what: &str) -> Result<Option<Sink>> {
+        match target {
+            Target::None => Ok(None),
+            Target::Fifo(p) => pipe::OpenOptions::new()
+                .read_write(true)
+                .open_sender(p)
+                .map(|s| Some(Sink::Fifo(s)))
+                .map_err(|e| Error::io(format!("open {what} fifo {}", p.display()), e)),
+            Target::File(p) => {
+                if let Some(dir) = p.parent() {
+                    use std::os::unix::fs::DirBuilderExt as _;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o755)
+                        .create(dir)
+                        .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+                }
+                use std::os::unix::fs::OpenOptionsExt as _;
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o644)
+                    .open(p)
+                    .map(|f| Some(Sink::File(f)))
+                    .map_err(|e| Error::io(format!("open {what} file {}", p.display()), e))
+            }
+        }
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Fifo(s) => s.write_all(buf).await,
+            // A regular file never blocks for long; appends are atomic per write.
+            Sink::File(f) => std::io::Write::write_all(f, buf),
+        }
+    }
+}
+
+fn os_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::from)
+}
+
+fn tokio_err(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::io(what.to_string(), e)
+}
+
+impl PendingIo {
+    /// Open everything the process's stdio needs. Must run inside the tokio runtime.
+    pub fn prepare(paths: &StdioPaths) -> Result<PendingIo> {
+        let stdin_t = Target::parse(&paths.stdin)?;
+        let stdout_t = Target::parse(&paths.stdout)?;
+        let stderr_t = if paths.terminal { Target::None } else { Target::parse(&paths.stderr)? };
+        if matches!(stdin_t, Target::File(_)) {
+            return Err(Error::InvalidArgument("stdin cannot be a file:// URI".into()));
+        }
+        let stdin = match &stdin_t {
+            Target::Fifo(p) => {
+                let r = pipe::OpenOptions::new()
+                    .open_receiver(p)
+                    .map_err(|e| Error::io(format!("open stdin fifo {}", p.display()), e))?;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let holder = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(p)
+                    .map_err(|e| Error::io(format!("hold stdin fifo {}", p.display()), e))?;
+                Some((r, OwnedFd::from(holder)))
+            }
+            _ => None,
+        };
+        let stdout = Sink::open(&stdout_t, "stdout")?;
+        let stderr = Sink::open(&stderr_t, "stderr")?;
+
+        let mut runtime_stdio = ProcessStdio::default();
+        let mut pipes = (None, None, None);
+        let mut console_socket = None;
+        if paths.terminal {
+            console_socket = Some(ConsoleSocket::new()?);
+        } else {
+            if stdin.is_some() {
+                let (r, w) = os_pipe()?;
+                runtime_stdio.stdin = Some(r);
+                pipes.0 = Some(pipe::Sender::from_owned_fd(w).map_err(tokio_err("stdin pipe"))?);
+            }
+            if stdout.is_some() {
+                let (r, w) = os_pipe()?;
+                runtime_stdio.stdout = Some(w);
+                pipes.1 = Some(pipe::Receiver::from_owned_fd(r).map_err(tokio_err("stdout pipe"))?);
+            }
+            if stderr.is_some() {
+                let (r, w) = os_pipe()?;
+                runtime_stdio.stderr = Some(w);
+                pipes.2 = Some(pipe::Receiver::from_owned_fd(r).map_err(tokio_err("stderr pipe"))?);
+            }
+        }
+        Ok(PendingIo { runtime_stdio, console_socket, stdin, stdout, stderr, pipes })
+    }
+
+    /// Take the fds the runtime must get; what stays here is the shim's side.
+    pub fn take_runtime_stdio(&mut self) -> ProcessStdio {
+        std::mem::take(&mut self.runtime_stdio)
+    }
+
+    /// The runtime succeeded: start copying. For a terminal, receive the pty master first.
+    pub fn start(mut self) -> Result<ProcessIo> {
+        let mut io = ProcessIo::default();
+        if let Some(sock) = self.console_socket.take() {
+            let console = Arc::new(Console::new(sock.receive()?)?);
+            if let Some((fifo, holder)) = self.stdin.take() {
+                *io.stdin_holder.lock().unwrap() = Some(holder);
+                let c = console.clone();
+                *io.stdin_copy.get_mut().unwrap() = Some(tokio::spawn(copy_to_console(fifo, c)));
+            }
+            if let Some(sink) = self.stdout.take() {
+                io.output_copies.get_mut().unwrap().push(tokio::spawn(copy_from_console(console.clone(), sink)));
+            }
+            io.console = Some(console);
+            return Ok(io);
+        }
+        let (stdin_w, stdout_r, stderr_r) = self.pipes;
+        if let (Some((fifo, holder)), Some(w)) = (self.stdin.take(), stdin_w) {
+            *io.stdin_holder.lock().unwrap() = Some(holder);
+            *io.stdin_copy.get_mut().unwrap() = Some(tokio::spawn(copy_stdin(fifo, w)));
+        }
+        if let (Some(r), Some(sink)) = (stdout_r, self.stdout.take()) {
+            io.output_copies.get_mut().unwrap().push(tokio::spawn(copy_out(r, sink)));
+        }
+        if let (Some(r), Some(sink)) = (stderr_r, self.stderr.take()) {
+            io.output_copies.get_mut().unwrap().push(tokio::spawn(copy_out(r, sink)));
+        }
+        Ok(io)
+    }
+}
+
+impl ProcessIo {
+    pub fn console(&self) -> Option<&Arc<Console>> {
+        self.console.as_ref()
+    }
+
+    /// CloseIO: once the client's writers are gone too, the copy sees EOF and closes the
+    /// container's stdin.
+    pub fn close_stdin(&self) {
+        self.stdin_holder.lock().unwrap().take();
+    }
+
+    /// Wait (bounded) for the output copies to drain after the process exited, then stop all.
+    pub async fn drain(&self, limit: Duration) {
+        let copies = std::mem::take(&mut *self.output_copies.lock().unwrap());
+        let aborts: Vec<_> = copies.iter().map(|h| h.abort_handle()).collect();
+        if tokio::time::timeout(limit, async {
+            for h in copies {
+                let _ = h.await;
+            }
+        })
+        .await
+        .is_err()
+        {
+            log::warn!("stdio copy did not drain within {limit:?}");
+            aborts.iter().for_each(|a| a.abort());
+        }
+        if let Some(h) = self.stdin_copy.lock().unwrap().take() {
+            h.abort();
+        }
+        self.close_stdin();
+    }
+}
+
+impl Drop for ProcessIo {
+    fn drop(&mut self) {
+        self.output_copies.get_mut().unwrap().iter().for_each(|h| h.abort());
+        if let Some(h) = self.stdin_copy.get_mut().unwrap() {
+            h.abort();
+        }
+    }
+}
+
+const BUF: usize = 32 * 1024;
+
+async fn copy_out(mut from: impl AsyncRead + Unpin, mut to: Sink) {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Err(e) = to.write_all(&buf[..n]).await {
+                    log::warn!("stdio copy: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn copy_stdin(mut from: pipe::Receiver, mut to: impl AsyncWrite + Unpin) {
+    let _ = tokio::io::copy(&mut from, &mut to).await;
+    // dropping `to` closes the container's stdin
+}
+
+async fn copy_to_console(mut from: pipe::Receiver, console: Arc<Console>) {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if console.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn copy_from_console(console: Arc<Console>, mut to: Sink) {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        match console.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(Target::parse("").unwrap(), Target::None);
+        assert_eq!(Target::parse("/run/x/stdout").unwrap(), Target::Fifo("/run/x/stdout".into()));
+        assert_eq!(Target::parse("fifo:///a").unwrap(), Target::Fifo("/a".into()));
+        assert_eq!(Target::parse("file:///var/log/c.log").unwrap(), Target::File("/var/log/c.log".into()));
+        assert!(Target::parse("relative/path").is_err());
+        assert!(Target::parse("ftp://x").unwrap_err().to_string().contains("ftp"));
+    }
+}

@@ -1,0 +1,280 @@
+//! The Task API (`containerd.task.v2.Task`, and the same service as v3): validate, delegate to
+//! the supervisor, shape the reply. No OS calls here; errors become ttrpc codes in error.rs.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use containerd_shim_protos::api::{self, Status};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
+use containerd_shim_protos::shim::oci::ProcessDetails;
+use containerd_shim_protos::shim_async::Task;
+use ttrpc::r#async::TtrpcContext;
+
+use crate::error::{Error, Result};
+use crate::events::timestamp;
+use crate::options;
+use crate::process::State;
+use crate::stdio::StdioPaths;
+use crate::supervisor::{CreateRequest, Supervisor};
+
+pub struct TaskService {
+    sup: Arc<Supervisor>,
+}
+
+impl TaskService {
+    pub fn new(sup: Arc<Supervisor>) -> Self {
+        TaskService { sup }
+    }
+}
+
+/// containerd's identifier rule (alphanumerics separated by single `.`, `_` or `-`, at most 76
+/// characters): ids become paths and runc arguments, so nothing else may pass.
+pub fn check_id(what: &str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 76
+        && id.split(['.', '_', '-']).all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{what} {id:?} is invalid: must be 1-76 alphanumerics separated by '.', '_' or '-'"
+        )))
+    }
+}
+
+fn check(id: &str, exec_id: &str) -> Result<()> {
+    check_id("container id", id)?;
+    if !exec_id.is_empty() {
+        check_id("exec id", exec_id)?;
+    }
+    Ok(())
+}
+
+fn status_of(state: State, container_paused: bool) -> Status {
+    match state {
+        State::Created => Status::CREATED,
+        State::Running if container_paused => Status::PAUSED,
+        State::Running => Status::RUNNING,
+        State::Paused => Status::PAUSED,
+        State::Stopped { .. } | State::Deleted => Status::STOPPED,
+    }
+}
+
+fn bare_type(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
+}
+
+type R<T> = ttrpc::Result<T>;
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> R<api::CreateTaskResponse> {
+        check(&req.id, "")?;
+        if !req.checkpoint.is_empty() {
+            return Err(Error::Unimplemented("restore from checkpoint is not supported yet".into()).into());
+        }
+        let bundle = std::path::PathBuf::from(&req.bundle);
+        if !bundle.is_absolute() {
+            return Err(Error::InvalidArgument(format!("bundle {:?} is not an absolute path", req.bundle)).into());
+        }
+        let options = options::decode(req.options.as_ref())?;
+        let pid = self
+            .sup
+            .create(CreateRequest {
+                id: req.id.clone(),
+                bundle,
+                rootfs: req.rootfs.clone(),
+                stdio: StdioPaths {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                },
+                options,
+            })
+            .await?;
+        Ok(api::CreateTaskResponse { pid, ..Default::default() })
+    }
+
+    async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> R<api::StartResponse> {
+        check(&req.id, &req.exec_id)?;
+        let pid = self.sup.start(&req.id, &req.exec_id).await?;
+        Ok(api::StartResponse { pid, ..Default::default() })
+    }
+
+    async fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> R<api::StateResponse> {
+        check(&req.id, &req.exec_id)?;
+        let s = self.sup.state(&req.id, &req.exec_id)?;
+        let (exit_status, exited_at) = match s.exit {
+            Some((st, at)) => (st, timestamp(at)),
+            None => (0, MessageField::none()),
+        };
+        Ok(api::StateResponse {
+            id: s.id,
+            bundle: s.bundle,
+            pid: s.pid,
+            status: EnumOrUnknown::new(status_of(s.status, s.container_paused)),
+            stdin: s.stdio.stdin,
+            stdout: s.stdio.stdout,
+            stderr: s.stdio.stderr,
+            terminal: s.stdio.terminal,
+            exit_status,
+            exited_at,
+            exec_id: req.exec_id,
+            ..Default::default()
+        })
+    }
+
+    async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> R<api::DeleteResponse> {
+        check(&req.id, &req.exec_id)?;
+        let (pid, exit_status, at) = self.sup.delete(&req.id, &req.exec_id).await?;
+        Ok(api::DeleteResponse { pid, exit_status, exited_at: timestamp(at), ..Default::default() })
+    }
+
+    async fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> R<api::PidsResponse> {
+        check(&req.id, "")?;
+        let processes = self
+            .sup
+            .pids(&req.id)
+            .await?
+            .into_iter()
+            .map(|(pid, exec)| {
+                let info = exec.map(|exec_id| {
+                    let d = ProcessDetails { exec_id, ..Default::default() };
+                    let mut any = Any::new();
+                    any.type_url = "containerd.runc.v1.ProcessDetails".into();
+                    any.value = d.write_to_bytes().unwrap_or_default();
+                    any
+                });
+                api::ProcessInfo { pid, info: info.into(), ..Default::default() }
+            })
+            .collect();
+        Ok(api::PidsResponse { processes, ..Default::default() })
+    }
+
+    async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> R<Empty> {
+        check(&req.id, "")?;
+        self.sup.pause(&req.id, true).await?;
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> R<Empty> {
+        check(&req.id, "")?;
+        self.sup.pause(&req.id, false).await?;
+        Ok(Empty::new())
+    }
+
+    async fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointTaskRequest) -> R<Empty> {
+        check(&req.id, "")?;
+        Err(Error::Unimplemented("checkpoint is not supported yet".into()).into())
+    }
+
+    async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> R<Empty> {
+        check(&req.id, &req.exec_id)?;
+        self.sup.kill(&req.id, &req.exec_id, req.signal, req.all).await?;
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> R<Empty> {
+        check(&req.id, &req.exec_id)?;
+        if req.exec_id.is_empty() {
+            return Err(Error::InvalidArgument("exec id must not be empty".into()).into());
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument(format!("exec {}: no process spec", req.exec_id)))?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        self.sup.add_exec(&req.id, &req.exec_id, stdio, spec.value.clone())?;
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> R<Empty> {
+        check(&req.id, &req.exec_id)?;
+        self.sup.resize_pty(&req.id, &req.exec_id, req.width, req.height)?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> R<Empty> {
+        check(&req.id, &req.exec_id)?;
+        if req.stdin {
+            self.sup.close_io(&req.id, &req.exec_id)?;
+        }
+        Ok(Empty::new())
+    }
+
+    async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> R<Empty> {
+        check(&req.id, "")?;
+        let res = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("update: no resources".into()))?;
+        let t = bare_type(&res.type_url);
+        if t != "LinuxResources" {
+            return Err(Error::InvalidArgument(format!("update: unsupported resources type {:?}", res.type_url)).into());
+        }
+        serde_json::from_slice::<serde_json::Value>(&res.value)
+            .map_err(|e| Error::InvalidArgument(format!("update: invalid resources JSON: {e}")))?;
+        self.sup.update(&req.id, res.value.clone()).await?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> R<api::WaitResponse> {
+        check(&req.id, &req.exec_id)?;
+        let (exit_status, at): (u32, SystemTime) = self.sup.wait(&req.id, &req.exec_id).await?;
+        Ok(api::WaitResponse { exit_status, exited_at: timestamp(at), ..Default::default() })
+    }
+
+    async fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> R<api::StatsResponse> {
+        check(&req.id, "")?;
+        Err(Error::Unimplemented("stats are not supported yet".into()).into())
+    }
+
+    async fn connect(&self, _: &TtrpcContext, req: api::ConnectRequest) -> R<api::ConnectResponse> {
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: self.sup.init_pid(&req.id),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _: &TtrpcContext, _req: api::ShutdownRequest) -> R<Empty> {
+        if self.sup.is_empty() {
+            log::info!("shutdown: no container left");
+            self.sup.shutdown.notify_one();
+        }
+        Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["c1", "a.b-c_d", "0123456789abcdef", &"a".repeat(76)] {
+            assert!(check_id("id", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "..", "../x", "a..b", "-a", "a-", "a b", &"a".repeat(77), "a\0"] {
+            let e = check_id("exec id", bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)));
+            assert!(e.to_string().contains("exec id"));
+        }
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(status_of(State::Running, true), Status::PAUSED);
+        assert_eq!(status_of(State::Created, false), Status::CREATED);
+        assert_eq!(status_of(State::Stopped { status: 0, at: SystemTime::now() }, false), Status::STOPPED);
+    }
+}
