@@ -62,6 +62,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 /// Process-wide setup that must happen before the runtime's thread exists.
 pub fn prepare_process() -> std::io::Result<()> {
     reaper::set_subreaper()?;
+    close_inherited_fds();
     // A shim outlives containerd: a dead reader on a FIFO or socket must be an error, not death.
     // SAFETY: setting signal dispositions to SIG_IGN has no preconditions.
     unsafe {
@@ -69,4 +70,23 @@ pub fn prepare_process() -> std::io::Result<()> {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     Ok(())
+}
+
+/// Close every fd above the listener that containerd's environment leaked to us (fds without
+/// CLOEXEC in containerd or its parent), so none can reach a container.
+fn close_inherited_fds() {
+    let first = crate::bootstrap::LISTENER_FD as u32 + 1;
+    // SAFETY: no other thread exists yet, and nothing in this process owns these fds.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.9: walk /proc/self/fd.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for fd in fds.into_iter().filter(|fd| *fd >= first as i32) {
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+    }
 }
