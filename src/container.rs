@@ -28,6 +28,8 @@ pub struct Container {
     /// Where we mounted the Create request's rootfs, to unmount on delete.
     pub mounted_rootfs: Option<PathBuf>,
     pub deleting: bool,
+    /// Owner of the pipes its processes get (runc Options IoUid/IoGid).
+    pub io_owner: (u32, u32),
 }
 
 impl Container {
@@ -140,6 +142,7 @@ mod tests {
             shared_pid_ns: false,
             mounted_rootfs: None,
             deleting: false,
+            io_owner: (0, 0),
         }
     }
 

@@ -23,7 +23,7 @@ use crate::options::{self, ShimOptions};
 use crate::process::{self, Process, State, Transition};
 use crate::reaper::{Exit, ExitSink, Reaper};
 use crate::runtime::{CreateOpts, ExecOpts, Runtime, RuntimeConfig};
-use crate::stdio::{PendingIo, ProcessIo, StdioPaths};
+use crate::stdio::{IoContext, PendingIo, ProcessIo, StdioPaths};
 
 /// How long Delete waits for a process's output to drain into its FIFOs.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -237,7 +237,14 @@ impl Supervisor {
                 let _ = mount::unmount_all(r);
             }
         };
-        let mut io = match PendingIo::prepare(&req.stdio) {
+        let ctx = IoContext {
+            container_id: &req.id,
+            namespace: &self.namespace,
+            reaper: &self.reaper,
+            uid: req.options.io_uid,
+            gid: req.options.io_gid,
+        };
+        let mut io = match PendingIo::prepare(&req.stdio, &ctx).await {
             Ok(io) => io,
             Err(e) => {
                 undo_mounts(&mounted_rootfs);
@@ -275,6 +282,7 @@ impl Supervisor {
             shared_pid_ns,
             mounted_rootfs,
             deleting: false,
+            io_owner: (req.options.io_uid, req.options.io_gid),
         })
     }
 
@@ -315,7 +323,7 @@ impl Supervisor {
     }
 
     async fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
-        let (runtime, bundle, spec, stdio) = {
+        let (runtime, bundle, spec, stdio, io_owner) = {
             let mut g = self.lock();
             let c = g.container(id)?;
             if c.init.exit().is_some() || c.deleting {
@@ -323,7 +331,7 @@ impl Supervisor {
                     "container {id} has stopped: cannot start exec {exec_id}"
                 )));
             }
-            let (runtime, bundle) = (c.runtime.clone(), c.bundle.clone());
+            let (runtime, bundle, io_owner) = (c.runtime.clone(), c.bundle.clone(), c.io_owner);
             let p = c.process_mut(exec_id)?;
             if p.starting {
                 return Err(Error::FailedPrecondition(format!("exec {exec_id} is already starting")));
@@ -333,13 +341,20 @@ impl Supervisor {
             p.starting = true;
             let stdio = p.stdio.clone();
             g.inflight += 1;
-            (runtime, bundle, spec, stdio)
+            (runtime, bundle, spec, stdio, io_owner)
         };
         let process_json = bundle.join(format!("{exec_id}.process.json"));
         let pid_file = bundle.join(format!("{exec_id}.pid"));
         let result = async {
             options::write_atomic(&process_json, &spec)?;
-            let mut io = PendingIo::prepare(&stdio)?;
+            let ctx = IoContext {
+                container_id: id,
+                namespace: &self.namespace,
+                reaper: &self.reaper,
+                uid: io_owner.0,
+                gid: io_owner.1,
+            };
+            let mut io = PendingIo::prepare(&stdio, &ctx).await?;
             let stdio = io.take_runtime_stdio();
             let opts = ExecOpts {
                 bundle: &bundle,

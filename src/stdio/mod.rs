@@ -5,6 +5,7 @@
 //! while nobody listens (containerd restarting, a client detached) never gets SIGPIPE. The stdin
 //! FIFO gets a held writer, so the container sees EOF only when CloseIO drops it.
 
+pub mod binary;
 pub mod console;
 
 use std::os::fd::OwnedFd;
@@ -18,6 +19,8 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::runtime::ProcessStdio;
+use crate::reaper::Reaper;
+use binary::{BinaryUri, Logger};
 use console::{Console, ConsoleSocket};
 
 /// Where one of containerd's stdio fields points.
@@ -26,6 +29,7 @@ pub enum Target {
     None,
     Fifo(PathBuf),
     File(PathBuf),
+    Binary(BinaryUri),
 }
 
 impl Target {
@@ -38,6 +42,9 @@ impl Target {
                 return Err(Error::InvalidArgument(format!("file URI {uri:?} needs an absolute path")));
             }
             return Ok(Target::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = uri.strip_prefix("binary://") {
+            return BinaryUri::parse(rest).map(Target::Binary);
         }
         if let Some(path) = uri.strip_prefix("fifo://") {
             return Ok(Target::Fifo(PathBuf::from(path)));
@@ -62,6 +69,16 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
+/// Who the IO is for, and what it may need to start.
+pub struct IoContext<'a> {
+    pub container_id: &'a str,
+    pub namespace: &'a str,
+    pub reaper: &'a Reaper,
+    /// Owner of the pipes the container gets (runc Options IoUid/IoGid).
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// What the shim holds for a running process's stdio.
 #[derive(Default)]
 pub struct ProcessIo {
@@ -70,6 +87,7 @@ pub struct ProcessIo {
     console: Option<Arc<Console>>,
     stdin_copy: Mutex<Option<JoinHandle<()>>>,
     output_copies: Mutex<Vec<JoinHandle<()>>>,
+    logger: Option<Logger>,
 }
 
 /// IO prepared before the runtime runs; `start` after it succeeded.
@@ -79,23 +97,24 @@ pub struct PendingIo {
     stdin: Option<(pipe::Receiver, OwnedFd)>,
     stdout: Option<Sink>,
     stderr: Option<Sink>,
-    /// Non-terminal: our ends of the container's pipes.
+    /// Non-terminal: our ends of the container's pipes, copied into the sinks.
     pipes: (Option<pipe::Sender>, Option<pipe::Receiver>, Option<pipe::Receiver>),
+    logger: Option<Logger>,
 }
 
 enum Sink {
-    Fifo(pipe::Sender),
+    Pipe(pipe::Sender),
     File(std::fs::File),
 }
 
 impl Sink {
     fn open(target: &Target, what: &str) -> Result<Option<Sink>> {
         match target {
-            Target::None => Ok(None),
+            Target::None | Target::Binary(_) => Ok(None),
             Target::Fifo(p) => pipe::OpenOptions::new()
                 .read_write(true)
                 .open_sender(p)
-                .map(|s| Some(Sink::Fifo(s)))
+                .map(|s| Some(Sink::Pipe(s)))
                 .map_err(|e| Error::io(format!("open {what} fifo {}", p.display()), e)),
             Target::File(p) => {
                 if let Some(dir) = p.parent() {
@@ -120,7 +139,7 @@ impl Sink {
 
     async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         match self {
-            Sink::Fifo(s) => s.write_all(buf).await,
+            Sink::Pipe(s) => s.write_all(buf).await,
             // A regular file never blocks for long; appends are atomic per write.
             Sink::File(f) => std::io::Write::write_all(f, buf),
         }
@@ -135,56 +154,89 @@ fn tokio_err(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::io(what.to_string(), e)
 }
 
+fn open_stdin(p: &std::path::Path) -> Result<(pipe::Receiver, OwnedFd)> {
+    let r = pipe::OpenOptions::new()
+        .open_receiver(p)
+        .map_err(|e| Error::io(format!("open stdin fifo {}", p.display()), e))?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let holder = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+        .map_err(|e| Error::io(format!("hold stdin fifo {}", p.display()), e))?;
+    Ok((r, OwnedFd::from(holder)))
+}
+
 impl PendingIo {
-    /// Open everything the process's stdio needs. Must run inside the tokio runtime.
-    pub fn prepare(paths: &StdioPaths) -> Result<PendingIo> {
+    /// Open everything the process's stdio needs, and start a binary logger if one is asked for.
+    pub async fn prepare(paths: &StdioPaths, ctx: &IoContext<'_>) -> Result<PendingIo> {
         let stdin_t = Target::parse(&paths.stdin)?;
         let stdout_t = Target::parse(&paths.stdout)?;
         let stderr_t = if paths.terminal { Target::None } else { Target::parse(&paths.stderr)? };
-        if matches!(stdin_t, Target::File(_)) {
-            return Err(Error::InvalidArgument("stdin cannot be a file:// URI".into()));
-        }
         let stdin = match &stdin_t {
-            Target::Fifo(p) => {
-                let r = pipe::OpenOptions::new()
-                    .open_receiver(p)
-                    .map_err(|e| Error::io(format!("open stdin fifo {}", p.display()), e))?;
-                use std::os::unix::fs::OpenOptionsExt as _;
-                let holder = std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(p)
-                    .map_err(|e| Error::io(format!("hold stdin fifo {}", p.display()), e))?;
-                Some((r, OwnedFd::from(holder)))
+            Target::None => None,
+            Target::Fifo(p) => Some(open_stdin(p)?),
+            _ => return Err(Error::InvalidArgument(format!("stdin {:?} must be a FIFO", paths.stdin))),
+        };
+        let binary = match (&stdout_t, &stderr_t) {
+            (Target::Binary(a), Target::Binary(b)) if a != b => {
+                return Err(Error::InvalidArgument("stdout and stderr name different loggers".into()))
             }
+            (Target::Binary(b), _) | (_, Target::Binary(b)) => Some(b.clone()),
             _ => None,
         };
-        let stdout = Sink::open(&stdout_t, "stdout")?;
-        let stderr = Sink::open(&stderr_t, "stderr")?;
-
-        let mut runtime_stdio = ProcessStdio::default();
-        let mut pipes = (None, None, None);
-        let mut console_socket = None;
+        let mut io = PendingIo {
+            runtime_stdio: ProcessStdio::default(),
+            console_socket: None,
+            stdin,
+            stdout: Sink::open(&stdout_t, "stdout")?,
+            stderr: Sink::open(&stderr_t, "stderr")?,
+            pipes: (None, None, None),
+            logger: None,
+        };
+        let mut logger_fds = (None, None);
         if paths.terminal {
-            console_socket = Some(ConsoleSocket::new()?);
+            io.console_socket = Some(ConsoleSocket::new()?);
+            if binary.is_some() {
+                let (r, w) = os_pipe()?;
+                io.stdout = Some(Sink::Pipe(pipe::Sender::from_owned_fd(w).map_err(tokio_err("logger pipe"))?));
+                logger_fds.0 = Some(r);
+            }
         } else {
-            if stdin.is_some() {
+            if io.stdin.is_some() {
                 let (r, w) = os_pipe()?;
-                runtime_stdio.stdin = Some(r);
-                pipes.0 = Some(pipe::Sender::from_owned_fd(w).map_err(tokio_err("stdin pipe"))?);
+                io.runtime_stdio.stdin = Some(r);
+                io.pipes.0 = Some(pipe::Sender::from_owned_fd(w).map_err(tokio_err("stdin pipe"))?);
             }
-            if stdout.is_some() {
+            for (i, target) in [&stdout_t, &stderr_t].into_iter().enumerate() {
+                if *target == Target::None {
+                    continue;
+                }
                 let (r, w) = os_pipe()?;
-                runtime_stdio.stdout = Some(w);
-                pipes.1 = Some(pipe::Receiver::from_owned_fd(r).map_err(tokio_err("stdout pipe"))?);
+                let ours = if i == 0 { &mut io.runtime_stdio.stdout } else { &mut io.runtime_stdio.stderr };
+                *ours = Some(w);
+                if let Target::Binary(_) = target {
+                    // The logger reads the container's pipe itself: no copy through the shim.
+                    if i == 0 { logger_fds.0 = Some(r) } else { logger_fds.1 = Some(r) }
+                } else {
+                    let rx = pipe::Receiver::from_owned_fd(r).map_err(tokio_err("output pipe"))?;
+                    if i == 0 { io.pipes.1 = Some(rx) } else { io.pipes.2 = Some(rx) }
+                }
             }
-            if stderr.is_some() {
-                let (r, w) = os_pipe()?;
-                runtime_stdio.stderr = Some(w);
-                pipes.2 = Some(pipe::Receiver::from_owned_fd(r).map_err(tokio_err("stderr pipe"))?);
+            if ctx.uid != 0 || ctx.gid != 0 {
+                let s = &io.runtime_stdio;
+                for fd in [&s.stdin, &s.stdout, &s.stderr].into_iter().flatten() {
+                    nix::unistd::fchown(fd, Some(ctx.uid.into()), Some(ctx.gid.into()))?;
+                }
             }
         }
-        Ok(PendingIo { runtime_stdio, console_socket, stdin, stdout, stderr, pipes })
+        if let Some(uri) = binary {
+            io.logger = Some(
+                Logger::start(&uri, logger_fds.0, logger_fds.1, ctx.container_id, ctx.namespace, ctx.reaper)
+                    .await?,
+            );
+        }
+        Ok(io)
     }
 
     /// Take the fds the runtime must get; what stays here is the shim's side.
@@ -195,10 +247,11 @@ impl PendingIo {
     /// The runtime succeeded: start copying. For a terminal, receive the pty master first.
     pub fn start(mut self) -> Result<ProcessIo> {
         let mut io = ProcessIo::default();
+        io.logger = self.logger.take();
         if let Some(sock) = self.console_socket.take() {
             let console = Arc::new(Console::new(sock.receive()?)?);
             if let Some((fifo, holder)) = self.stdin.take() {
-                *io.stdin_holder.lock().unwrap() = Some(holder);
+                *io.stdin_holder.get_mut().unwrap() = Some(holder);
                 let c = console.clone();
                 *io.stdin_copy.get_mut().unwrap() = Some(tokio::spawn(copy_to_console(fifo, c)));
             }
@@ -210,7 +263,7 @@ impl PendingIo {
         }
         let (stdin_w, stdout_r, stderr_r) = self.pipes;
         if let (Some((fifo, holder)), Some(w)) = (self.stdin.take(), stdin_w) {
-            *io.stdin_holder.lock().unwrap() = Some(holder);
+            *io.stdin_holder.get_mut().unwrap() = Some(holder);
             *io.stdin_copy.get_mut().unwrap() = Some(tokio::spawn(copy_stdin(fifo, w)));
         }
         if let (Some(r), Some(sink)) = (stdout_r, self.stdout.take()) {
@@ -253,6 +306,9 @@ impl ProcessIo {
             h.abort();
         }
         self.close_stdin();
+        if let Some(logger) = &self.logger {
+            logger.shutdown().await;
+        }
     }
 }
 
@@ -327,5 +383,9 @@ mod tests {
         assert_eq!(Target::parse("file:///var/log/c.log").unwrap(), Target::File("/var/log/c.log".into()));
         assert!(Target::parse("relative/path").is_err());
         assert!(Target::parse("ftp://x").unwrap_err().to_string().contains("ftp"));
+        match Target::parse("binary:///usr/bin/logger?tag=web").unwrap() {
+            Target::Binary(b) => assert_eq!(b.args, [("tag".to_string(), "web".to_string())]),
+            other => panic!("{other:?}"),
+        }
     }
 }

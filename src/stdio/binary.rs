@@ -1,0 +1,199 @@
+//! `binary://` loggers: a program that receives the container's stdout on fd 3 and stderr on
+//! fd 4, and says it is ready by closing fd 5. Its environment holds only CONTAINER_ID and
+//! CONTAINER_NAMESPACE, as with the Go shim.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::reaper::{Exit, Reaper};
+
+/// How long a logger may take to close its ready fd.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// After SIGTERM, how long a logger may take to flush before SIGKILL (the Go shim's 12 s).
+const TERM_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long a logger is given to finish on its own once its input ended.
+const EOF_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryUri {
+    pub path: PathBuf,
+    /// Query parameters, in order, each passed as `key value`.
+    pub args: Vec<(String, String)>,
+}
+
+fn percent_decode(s: &str) -> Result<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+                let Some(v) = hex else {
+                    return Err(Error::InvalidArgument(format!("bad percent escape in {s:?}")));
+                };
+                out.push(v);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::InvalidArgument(format!("{s:?} is not UTF-8")))
+}
+
+impl BinaryUri {
+    /// `rest` is what follows `binary://`: an absolute path, then an optional query.
+    pub fn parse(rest: &str) -> Result<BinaryUri> {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let path = percent_decode(path)?;
+        if !path.starts_with('/') {
+            return Err(Error::InvalidArgument(format!(
+                "binary logger path {path:?} must be absolute (binary:///path)"
+            )));
+        }
+        let mut args = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            args.push((percent_decode(k)?, percent_decode(v)?));
+        }
+        Ok(BinaryUri { path: PathBuf::from(path), args })
+    }
+}
+
+/// A running logger; its exit goes through the shim's reaper.
+pub struct Logger {
+    pid: i32,
+    exited: tokio::sync::Mutex<Option<oneshot::Receiver<Exit>>>,
+}
+
+impl Logger {
+    /// Start the logger with `stdout_r`/`stderr_r` as its fds 3 and 4, and wait until ready.
+    pub async fn start(
+        uri: &BinaryUri,
+        stdout_r: Option<OwnedFd>,
+        stderr_r: Option<OwnedFd>,
+        container_id: &str,
+        namespace: &str,
+        reaper: &Reaper,
+    ) -> Result<Logger> {
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let null = || std::fs::File::open("/dev/null").map(OwnedFd::from);
+        let fd3 = match stdout_r {
+            Some(fd) => fd,
+            None => null().map_err(|e| Error::io("/dev/null", e))?,
+        };
+        let fd4 = match stderr_r {
+            Some(fd) => fd,
+            None => null().map_err(|e| Error::io("/dev/null", e))?,
+        };
+        let mut cmd = Command::new(&uri.path);
+        for (k, v) in &uri.args {
+            cmd.arg(k);
+            if !v.is_empty() {
+                cmd.arg(v);
+            }
+        }
+        cmd.env_clear()
+            .env("CONTAINER_ID", container_id)
+            .env("CONTAINER_NAMESPACE", namespace)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let fds = [fd3.as_raw_fd(), fd4.as_raw_fd(), ready_w.as_raw_fd()];
+        // SAFETY: only dup2/fcntl between fork and exec. Each source is first moved above 5 so a
+        // source that already sits at 3..=5 is not overwritten before it is placed.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut high = [0; 3];
+                for (i, fd) in fds.iter().enumerate() {
+                    high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
+                    if high[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, fd) in high.iter().enumerate() {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let (pid, exited) = reaper
+            .spawn(&mut cmd)
+            .map_err(|e| Error::InvalidArgument(format!("start logger {}: {e}", uri.path.display())))?;
+        drop(cmd);
+        drop((fd3, fd4, ready_w));
+        let logger = Logger { pid, exited: tokio::sync::Mutex::new(Some(exited)) };
+        // Ready when fd 5 is closed (EOF), by the logger or by its exit.
+        let wait_ready = async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut r = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r)?;
+            let mut sink = Vec::new();
+            r.read_to_end(&mut sink).await
+        };
+        if tokio::time::timeout(READY_TIMEOUT, wait_ready).await.is_err() {
+            logger.kill().await;
+            return Err(Error::DeadlineExceeded(format!(
+                "logger {} did not signal ready (close fd 5) within {}s",
+                uri.path.display(),
+                READY_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(logger)
+    }
+
+    async fn kill(&self) {
+        // SAFETY: the pid is our unreaped child while `exited` has not fired.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        if let Some(rx) = self.exited.lock().await.take() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Let the logger finish once its input ended; then SIGTERM, then SIGKILL.
+    pub async fn shutdown(&self) {
+        let Some(mut rx) = self.exited.lock().await.take() else { return };
+        if tokio::time::timeout(EOF_GRACE, &mut rx).await.is_ok() {
+            return;
+        }
+        // SAFETY: as in kill().
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        if tokio::time::timeout(TERM_TIMEOUT, &mut rx).await.is_ok() {
+            return;
+        }
+        log::warn!("logger pid {} ignored SIGTERM for {}s: killing it", self.pid, TERM_TIMEOUT.as_secs());
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = rx.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_query_in_order() {
+        let u = BinaryUri::parse("/usr/bin/log%20ger?id=c1&dir=%2Fvar%2Flog&flag").unwrap();
+        assert_eq!(u.path, PathBuf::from("/usr/bin/log ger"));
+        assert_eq!(
+            u.args,
+            [("id".into(), "c1".into()), ("dir".into(), "/var/log".into()), ("flag".into(), String::new())]
+        );
+        assert!(BinaryUri::parse("relative?x=1").is_err());
+        assert!(BinaryUri::parse("/p?x=%zz").is_err());
+    }
+}
