@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::protobuf::{Message, UnknownValueRef};
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
 use serde_json::json;
 
@@ -38,6 +39,12 @@ impl ShimOptions {
     }
 
     fn from_runc(o: &RuncOptions) -> Self {
+        // criu_path (field 8) is reserved in containerd 2.x's proto, so the generated type keeps it
+        // among the unknown fields.
+        let criu_path = match o.special_fields.unknown_fields().get(8) {
+            Some(UnknownValueRef::LengthDelimited(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
         ShimOptions {
             binary_name: o.binary_name.clone(),
             root: o.root.clone(),
@@ -47,7 +54,7 @@ impl ShimOptions {
             io_uid: o.io_uid,
             io_gid: o.io_gid,
             shim_cgroup: o.shim_cgroup.clone(),
-            criu_path: String::new(),
+            criu_path,
             criu_image_path: o.criu_image_path.clone(),
             criu_work_path: o.criu_work_path.clone(),
         }
@@ -119,8 +126,133 @@ pub fn decode(any: Option<&Any>) -> Result<ShimOptions> {
         "containerd.runc.v1.Options" => RuncOptions::parse_from_bytes(&any.value)
             .map(|o| ShimOptions::from_runc(&o))
             .map_err(|e| Error::InvalidArgument(format!("bad containerd.runc.v1.Options: {e}"))),
+        // What containerd's CRI sends for a runtime_type other than io.containerd.runc.*.
+        "runtimeoptions.v1.Options" => decode_runtimeoptions(&any.value),
+        // What containerd 1.6's client sends for runtime names outside io.containerd.runc.*.
+        "containerd.linux.runc.CreateOptions" => decode_legacy_create_options(&any.value),
         other => Err(Error::InvalidArgument(format!("unsupported runtime options type {other:?}"))),
     }
+}
+
+/// The fields of a message we have no generated type for, by number (parsed as an Empty
+/// message, every field is unknown).
+fn fields(value: &[u8], what: &str) -> Result<Empty> {
+    Empty::parse_from_bytes(value).map_err(|e| Error::InvalidArgument(format!("bad {what}: {e}")))
+}
+
+fn field_str(m: &Empty, n: u32) -> String {
+    match m.special_fields.unknown_fields().get(n) {
+        Some(UnknownValueRef::LengthDelimited(b)) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    }
+}
+
+fn field_u64(m: &Empty, n: u32) -> u64 {
+    match m.special_fields.unknown_fields().get(n) {
+        Some(UnknownValueRef::Varint(v)) => v,
+        _ => 0,
+    }
+}
+
+/// `runtimeoptions.v1.Options{type_url=1, config_path=2, config_body=3}`: a TOML document of
+/// runc option names (BinaryName, SystemdCgroup, ...), inline (1.7+) or in a file.
+fn decode_runtimeoptions(value: &[u8]) -> Result<ShimOptions> {
+    let m = fields(value, "runtimeoptions.v1.Options")?;
+    let (path, body) = (field_str(&m, 2), field_str(&m, 3));
+    let text = if !body.is_empty() {
+        body
+    } else if !path.is_empty() {
+        std::fs::read_to_string(&path)
+            .map_err(|e| Error::InvalidArgument(format!("runtime options ConfigPath {path:?}: {e}")))?
+    } else {
+        return Ok(ShimOptions::default());
+    };
+    from_toml(&text).map_err(|e| {
+        let origin = if path.is_empty() { "ConfigBody".to_string() } else { format!("ConfigPath {path:?}") };
+        Error::InvalidArgument(format!("runtime options {origin}: {e}"))
+    })
+}
+
+/// `containerd.linux.runc.CreateOptions` (runtime v1's type; the Go shim refuses it).
+fn decode_legacy_create_options(value: &[u8]) -> Result<ShimOptions> {
+    let m = fields(value, "containerd.linux.runc.CreateOptions")?;
+    Ok(ShimOptions {
+        no_pivot_root: field_u64(&m, 1) != 0,
+        no_new_keyring: field_u64(&m, 8) != 0,
+        shim_cgroup: field_str(&m, 9),
+        io_uid: field_u64(&m, 10) as u32,
+        io_gid: field_u64(&m, 11) as u32,
+        criu_work_path: field_str(&m, 12),
+        criu_image_path: field_str(&m, 13),
+        ..Default::default()
+    })
+}
+
+/// The flat TOML CRI writes for runtime options: `Key = value` lines with strings, booleans and
+/// integers. A small reader instead of a TOML crate keeps the binary small; anything outside
+/// this subset is refused with the line that has it.
+pub fn from_toml(text: &str) -> std::result::Result<ShimOptions, String> {
+    let mut o = ShimOptions::default();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let err = |m: &str| format!("line {}: {m}: {raw:?}", n + 1);
+        if line.starts_with('[') {
+            return Err(err("tables are not supported"));
+        }
+        let (key, value) = line.split_once('=').ok_or_else(|| err("expected Key = value"))?;
+        let key = key.trim().trim_matches('"');
+        let value = value.trim();
+        let string = || -> std::result::Result<String, String> {
+            let v = strip_comment(value);
+            if let Some(inner) = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                Ok(inner.replace("\\\"", "\"").replace("\\\\", "\\"))
+            } else if let Some(inner) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+                Ok(inner.to_string())
+            } else {
+                Err(err("expected a quoted string"))
+            }
+        };
+        let boolean = || match strip_comment(value) {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(err("expected true or false")),
+        };
+        let int = || strip_comment(value).parse::<u32>().map_err(|_| err("expected a whole number"));
+        match key {
+            "BinaryName" => o.binary_name = string()?,
+            "Root" => o.root = string()?,
+            "SystemdCgroup" => o.systemd_cgroup = boolean()?,
+            "NoPivotRoot" => o.no_pivot_root = boolean()?,
+            "NoNewKeyring" => o.no_new_keyring = boolean()?,
+            "IoUid" => o.io_uid = int()?,
+            "IoGid" => o.io_gid = int()?,
+            "ShimCgroup" => o.shim_cgroup = string()?,
+            "CriuPath" => o.criu_path = string()?,
+            "CriuImagePath" => o.criu_image_path = string()?,
+            "CriuWorkPath" => o.criu_work_path = string()?,
+            // Accepted and unused by a runc-style shim.
+            "TypeUrl" | "TaskAPIAddress" | "TaskAPIVersion" => {}
+            other => return Err(err(&format!("unknown option {other:?}"))),
+        }
+    }
+    Ok(o)
+}
+
+fn strip_comment(v: &str) -> &str {
+    // A '#' outside quotes starts a comment.
+    let mut quote = None;
+    for (i, c) in v.char_indices() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '#') => return v[..i].trim_end(),
+            _ => {}
+        }
+    }
+    v
 }
 
 #[cfg(test)]
@@ -156,6 +288,69 @@ mod tests {
         any.type_url = "containerd.runc.v1.Options".into();
         any.value = vec![0xff, 0xff, 0xff];
         assert!(matches!(decode(Some(&any)), Err(Error::InvalidArgument(_))));
+    }
+
+    fn any(url: &str, value: Vec<u8>) -> Any {
+        let mut a = Any::new();
+        a.type_url = url.into();
+        a.value = value;
+        a
+    }
+
+    /// Protobuf wire bytes: (field, string) and (field, varint) pairs.
+    fn wire(strings: &[(u32, &str)], ints: &[(u32, u64)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (n, s) in strings {
+            out.push((n << 3 | 2) as u8);
+            out.push(s.len() as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
+        for (n, v) in ints {
+            out.push((n << 3) as u8);
+            out.push(*v as u8);
+        }
+        out
+    }
+
+    #[test]
+    fn runtimeoptions_with_config_path_and_body() {
+        let dir = std::env::temp_dir().join(format!("rs-opts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("runc.toml");
+        std::fs::write(&path, "# CRI options\nBinaryName = \"/usr/local/bin/youki\"\nSystemdCgroup = true # yes\nIoUid = 1000\nRoot = '/run/youki'\n").unwrap();
+        let d = decode(Some(&any("runtimeoptions.v1.Options", wire(&[(2, path.to_str().unwrap())], &[])))).unwrap();
+        assert_eq!(d.binary(), "/usr/local/bin/youki");
+        assert!(d.systemd_cgroup);
+        assert_eq!(d.io_uid, 1000);
+        assert_eq!(d.root(), "/run/youki");
+        let d = decode(Some(&any("runtimeoptions.v1.Options", wire(&[(3, "NoPivotRoot = true")], &[])))).unwrap();
+        assert!(d.no_pivot_root);
+        let missing = decode(Some(&any("runtimeoptions.v1.Options", wire(&[(2, "/nonexistent/x.toml")], &[]))));
+        assert!(missing.unwrap_err().to_string().contains("/nonexistent/x.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn toml_errors_name_the_line() {
+        assert!(from_toml("Bogus = 1").unwrap_err().contains("Bogus"));
+        assert!(from_toml("SystemdCgroup = maybe").unwrap_err().contains("line 1"));
+        assert!(from_toml("[plugins]").unwrap_err().contains("tables"));
+        assert_eq!(from_toml("BinaryName = \"a#b\" # c").unwrap().binary_name, "a#b");
+    }
+
+    #[test]
+    fn legacy_create_options_and_criu_path() {
+        let d = decode(Some(&any(
+            "containerd.linux.runc.CreateOptions",
+            wire(&[(9, "/shims"), (13, "/img")], &[(1, 1), (8, 1), (10, 7), (11, 8)]),
+        )))
+        .unwrap();
+        assert!(d.no_pivot_root && d.no_new_keyring);
+        assert_eq!((d.shim_cgroup.as_str(), d.io_uid, d.io_gid), ("/shims", 7, 8));
+        assert_eq!(d.criu_image_path, "/img");
+        // runc Options with the reserved criu_path field 8
+        let d = decode(Some(&any("containerd.runc.v1.Options", wire(&[(8, "/usr/sbin/criu"), (6, "crun")], &[])))).unwrap();
+        assert_eq!((d.criu_path.as_str(), d.binary()), ("/usr/sbin/criu", "crun"));
     }
 
     #[test]
