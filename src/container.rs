@@ -15,7 +15,8 @@ use containerd_shim_protos::events::task::TaskExit;
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Event};
 use crate::process::{Process, Transition};
-use crate::runtime::Runtime;
+use crate::options::ShimOptions;
+use crate::runtime::{CriuOpts, Runtime};
 
 pub struct Container {
     pub id: String,
@@ -28,8 +29,9 @@ pub struct Container {
     /// Where we mounted the Create request's rootfs, to unmount on delete.
     pub mounted_rootfs: Option<PathBuf>,
     pub deleting: bool,
-    /// Owner of the pipes its processes get (runc Options IoUid/IoGid).
-    pub io_owner: (u32, u32),
+    pub options: ShimOptions,
+    /// Set when Create named a checkpoint: Start restores from it instead of `runc start`.
+    pub restore: Option<CriuOpts>,
 }
 
 impl Container {
@@ -142,7 +144,8 @@ mod tests {
             shared_pid_ns: false,
             mounted_rootfs: None,
             deleting: false,
-            io_owner: (0, 0),
+            options: ShimOptions::default(),
+            restore: None,
         }
     }
 

@@ -50,6 +50,46 @@ pub struct CreateOpts<'a> {
     pub no_new_keyring: bool,
 }
 
+/// CRIU options shared by `checkpoint` and `restore` (containerd.runc.v1.CheckpointOptions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CriuOpts {
+    pub image_path: PathBuf,
+    pub work_path: PathBuf,
+    pub parent_path: Option<PathBuf>,
+    pub open_tcp: bool,
+    pub external_unix_sockets: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub empty_namespaces: Vec<String>,
+    pub cgroups_mode: String,
+}
+
+impl CriuOpts {
+    fn push_args(&self, a: &mut Vec<OsString>) {
+        a.extend(["--image-path".into(), self.image_path.clone().into()]);
+        a.extend(["--work-path".into(), self.work_path.clone().into()]);
+        if let Some(p) = &self.parent_path {
+            a.extend(["--parent-path".into(), p.clone().into()]);
+        }
+        for (on, flag) in [
+            (self.open_tcp, "--tcp-established"),
+            (self.external_unix_sockets, "--ext-unix-sk"),
+            (self.shell_job, "--shell-job"),
+            (self.file_locks, "--file-locks"),
+        ] {
+            if on {
+                a.push(flag.into());
+            }
+        }
+        for ns in &self.empty_namespaces {
+            a.extend(["--empty-ns".into(), ns.into()]);
+        }
+        if !self.cgroups_mode.is_empty() {
+            a.extend(["--manage-cgroups-mode".into(), self.cgroups_mode.clone().into()]);
+        }
+    }
+}
+
 pub struct ExecOpts<'a> {
     pub bundle: &'a Path,
     pub process_json: &'a Path,
@@ -108,6 +148,48 @@ impl Runtime {
         }
         a.push(id.into());
         a
+    }
+
+    pub fn checkpoint_args(&self, id: &str, bundle: &Path, criu: &CriuOpts, leave_running: bool) -> Vec<OsString> {
+        let mut a = self.global_args(Some(&bundle.join("log.json")));
+        a.push("checkpoint".into());
+        criu.push_args(&mut a);
+        if leave_running {
+            a.push("--leave-running".into());
+        }
+        a.push(id.into());
+        a
+    }
+
+    pub fn restore_args(&self, id: &str, o: &CreateOpts, criu: &CriuOpts) -> Vec<OsString> {
+        let mut a = self.global_args(Some(&o.bundle.join("log.json")));
+        a.extend(["restore".into(), "--detach".into()]);
+        a.extend(["--pid-file".into(), o.pid_file.into()]);
+        criu.push_args(&mut a);
+        // The shim is the subreaper; runc must not make itself one.
+        a.push("--no-subreaper".into());
+        a.extend(["--bundle".into(), o.bundle.into()]);
+        if let Some(s) = o.console_socket {
+            a.extend(["--console-socket".into(), s.into()]);
+        }
+        if o.no_pivot {
+            a.push("--no-pivot".into());
+        }
+        a.push(id.into());
+        a
+    }
+
+    pub async fn checkpoint(&self, id: &str, bundle: &Path, criu: &CriuOpts, leave_running: bool) -> Result<()> {
+        let log = bundle.join("log.json");
+        let args = self.checkpoint_args(id, bundle, criu, leave_running);
+        self.call("checkpoint", args, None, None, Some(&log)).await.map(drop)
+    }
+
+    pub async fn restore(&self, id: &str, o: &CreateOpts<'_>, criu: &CriuOpts, stdio: ProcessStdio) -> Result<i32> {
+        let _ = std::fs::remove_file(o.pid_file);
+        let log = o.bundle.join("log.json");
+        self.call("restore", self.restore_args(id, o, criu), Some(stdio), None, Some(&log)).await?;
+        read_pid_file(o.pid_file)
     }
 
     pub async fn create(&self, id: &str, o: &CreateOpts<'_>, stdio: ProcessStdio) -> Result<i32> {
@@ -366,6 +448,48 @@ mod tests {
         assert_eq!(
             &a[7..],
             ["exec", "--detach", "--pid-file", "/b/e1.pid", "--process", "/b/e1.json", "c1"]
+        );
+    }
+
+    #[test]
+    fn checkpoint_and_restore_argv() {
+        let criu = CriuOpts {
+            image_path: "/ckpt".into(),
+            work_path: "/b/criu-work".into(),
+            parent_path: None,
+            open_tcp: true,
+            external_unix_sockets: true,
+            shell_job: true,
+            file_locks: true,
+            empty_namespaces: vec!["network".into()],
+            cgroups_mode: "soft".into(),
+        };
+        let a = s(rt().checkpoint_args("c1", Path::new("/b"), &criu, true));
+        assert_eq!(
+            &a[7..],
+            [
+                "checkpoint", "--image-path", "/ckpt", "--work-path", "/b/criu-work", "--tcp-established",
+                "--ext-unix-sk", "--shell-job", "--file-locks", "--empty-ns", "network",
+                "--manage-cgroups-mode", "soft", "--leave-running", "c1"
+            ]
+        );
+        let plain = CriuOpts { image_path: "/ckpt".into(), work_path: "/w".into(), parent_path: Some("/p".into()), ..Default::default() };
+        let a = s(rt().checkpoint_args("c1", Path::new("/b"), &plain, false));
+        assert_eq!(&a[7..], ["checkpoint", "--image-path", "/ckpt", "--work-path", "/w", "--parent-path", "/p", "c1"]);
+        let o = CreateOpts {
+            bundle: Path::new("/b"),
+            pid_file: Path::new("/b/init.pid"),
+            console_socket: None,
+            no_pivot: false,
+            no_new_keyring: false,
+        };
+        let a = s(rt().restore_args("c1", &o, &plain));
+        assert_eq!(
+            &a[7..],
+            [
+                "restore", "--detach", "--pid-file", "/b/init.pid", "--image-path", "/ckpt", "--work-path", "/w",
+                "--parent-path", "/p", "--no-subreaper", "--bundle", "/b", "c1"
+            ]
         );
     }
 

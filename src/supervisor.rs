@@ -22,7 +22,7 @@ use crate::mount::{self, MountSpec};
 use crate::options::{self, ShimOptions};
 use crate::process::{self, Process, State, Transition};
 use crate::reaper::{Exit, ExitSink, Reaper};
-use crate::runtime::{CreateOpts, ExecOpts, Runtime, RuntimeConfig};
+use crate::runtime::{CreateOpts, CriuOpts, ExecOpts, Runtime, RuntimeConfig};
 use crate::stdio::{IoContext, PendingIo, ProcessIo, StdioPaths};
 
 /// How long Delete waits for a process's output to drain into its FIFOs.
@@ -31,6 +31,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 pub struct CreateRequest {
     pub id: String,
     pub bundle: PathBuf,
+    /// A checkpoint image to restore from at Start, and its parent.
+    pub checkpoint: String,
+    pub parent_checkpoint: String,
     pub rootfs: Vec<Mount>,
     pub stdio: StdioPaths,
     pub options: ShimOptions,
@@ -124,6 +127,15 @@ pub fn read_persisted_exit(bundle: &Path) -> Option<(u32, SystemTime)> {
     let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
     let (status, secs, nanos) = (it.next()??, it.next()??, it.next()??);
     Some((status as u32, SystemTime::UNIX_EPOCH + Duration::new(secs, nanos as u32)))
+}
+
+/// CRIU's work directory: the runtime option, else inside the bundle.
+fn criu_work_path(bundle: &Path, options: &ShimOptions) -> PathBuf {
+    if options.criu_work_path.is_empty() {
+        bundle.join("criu-work")
+    } else {
+        PathBuf::from(&options.criu_work_path)
+    }
 }
 
 fn pid_namespace_is_shared(bundle: &Path) -> Result<bool> {
@@ -232,47 +244,28 @@ impl Supervisor {
             mount::mount_all(&specs, &rootfs)?;
             mounted_rootfs = Some(rootfs);
         }
-        let undo_mounts = |m: &Option<PathBuf>| {
-            if let Some(r) = m {
-                let _ = mount::unmount_all(r);
-            }
-        };
-        let ctx = IoContext {
-            container_id: &req.id,
-            namespace: &self.namespace,
-            reaper: &self.reaper,
-            uid: req.options.io_uid,
-            gid: req.options.io_gid,
-        };
-        let mut io = match PendingIo::prepare(&req.stdio, &ctx).await {
-            Ok(io) => io,
-            Err(e) => {
-                undo_mounts(&mounted_rootfs);
-                return Err(e);
-            }
-        };
-        let pid_file = bundle.join("init.pid");
-        let stdio = io.take_runtime_stdio();
-        let opts = CreateOpts {
-            bundle,
-            pid_file: &pid_file,
-            console_socket: io.console_socket.as_ref().map(|s| s.path()),
-            no_pivot: req.options.no_pivot_root,
-            no_new_keyring: req.options.no_new_keyring,
-        };
-        let created = runtime.create(&req.id, &opts, stdio).await;
-        let started_io = created.and_then(|pid| Ok((pid, io.start()?)));
-        let (pid, io) = match started_io {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = runtime.delete(&req.id, true).await;
-                undo_mounts(&mounted_rootfs);
-                return Err(e);
-            }
-        };
         let mut init = Process::new(req.stdio.clone());
-        init.pid = pid as u32;
-        init.io = Some(Arc::new(io));
+        let restore = (!req.checkpoint.is_empty()).then(|| CriuOpts {
+            image_path: PathBuf::from(&req.checkpoint),
+            work_path: criu_work_path(bundle, &req.options),
+            parent_path: Some(PathBuf::from(&req.parent_checkpoint)).filter(|p| !p.as_os_str().is_empty()),
+            ..Default::default()
+        });
+        // Restoring from a checkpoint happens at Start (runc restore), as in the Go shim.
+        if restore.is_none() {
+            match self.spawn_init(&req.id, bundle, &runtime, &req.options, &req.stdio, None).await {
+                Ok((pid, io)) => {
+                    init.pid = pid;
+                    init.io = Some(Arc::new(io));
+                }
+                Err(e) => {
+                    if let Some(r) = &mounted_rootfs {
+                        let _ = mount::unmount_all(r);
+                    }
+                    return Err(e);
+                }
+            }
+        }
         Ok(Container {
             id: req.id.clone(),
             bundle: bundle.clone(),
@@ -282,8 +275,47 @@ impl Supervisor {
             shared_pid_ns,
             mounted_rootfs,
             deleting: false,
-            io_owner: (req.options.io_uid, req.options.io_gid),
+            options: req.options.clone(),
+            restore,
         })
+    }
+
+    /// Set up init's IO and run `runc create`, or `runc restore` from a checkpoint.
+    async fn spawn_init(
+        &self,
+        id: &str,
+        bundle: &Path,
+        runtime: &Runtime,
+        options: &ShimOptions,
+        stdio: &StdioPaths,
+        restore: Option<&CriuOpts>,
+    ) -> Result<(u32, ProcessIo)> {
+        let ctx = IoContext {
+            container_id: id,
+            namespace: &self.namespace,
+            reaper: &self.reaper,
+            uid: options.io_uid,
+            gid: options.io_gid,
+        };
+        let mut io = PendingIo::prepare(stdio, &ctx).await?;
+        let pid_file = bundle.join("init.pid");
+        let runtime_stdio = io.take_runtime_stdio();
+        let opts = CreateOpts {
+            bundle,
+            pid_file: &pid_file,
+            console_socket: io.console_socket.as_ref().map(|s| s.path()),
+            no_pivot: options.no_pivot_root,
+            no_new_keyring: options.no_new_keyring,
+        };
+        let pid = match restore {
+            Some(criu) => runtime.restore(id, &opts, criu, runtime_stdio).await,
+            None => runtime.create(id, &opts, runtime_stdio).await,
+        };
+        let started = pid.and_then(|pid| Ok((pid as u32, io.start()?)));
+        if started.is_err() {
+            let _ = runtime.delete(id, true).await;
+        }
+        started
     }
 
     pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
@@ -295,7 +327,7 @@ impl Supervisor {
     }
 
     async fn start_init(&self, id: &str) -> Result<u32> {
-        let runtime = {
+        let (runtime, restore, bundle, options, stdio) = {
             let mut g = self.lock();
             let c = g.container(id)?;
             if c.init.starting {
@@ -303,9 +335,35 @@ impl Supervisor {
             }
             c.init.state().apply(Transition::Start)?;
             c.init.starting = true;
-            c.runtime.clone()
+            let restore = c.restore.take();
+            let parts = (c.runtime.clone(), restore, c.bundle.clone(), c.options.clone(), c.init.stdio.clone());
+            if parts.1.is_some() {
+                g.inflight += 1; // init's pid is unknown until runc restore writes it
+            }
+            parts
         };
-        let result = runtime.start(id).await;
+        let result = match &restore {
+            None => runtime.start(id).await,
+            Some(criu) => {
+                let spawned = self.spawn_init(id, &bundle, &runtime, &options, &stdio, Some(criu)).await;
+                let mut g = self.lock();
+                let early_exit = spawned.as_ref().ok().and_then(|(pid, _)| g.unmatched.remove(pid));
+                g.end_inflight();
+                let c = g.container(id)?;
+                match spawned {
+                    Ok((pid, io)) => {
+                        c.init.pid = pid;
+                        c.init.io = Some(Arc::new(io));
+                        if let Some((status, at)) = early_exit {
+                            let _ = c.init.transition(Transition::Exit { status, at });
+                            persist_exit(&c.bundle, status, at);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
         let mut g = self.lock();
         let c = g.container(id)?;
         c.init.starting = false;
@@ -331,7 +389,8 @@ impl Supervisor {
                     "container {id} has stopped: cannot start exec {exec_id}"
                 )));
             }
-            let (runtime, bundle, io_owner) = (c.runtime.clone(), c.bundle.clone(), c.io_owner);
+            let (runtime, bundle, io_owner) =
+                (c.runtime.clone(), c.bundle.clone(), (c.options.io_uid, c.options.io_gid));
             let p = c.process_mut(exec_id)?;
             if p.starting {
                 return Err(Error::FailedPrecondition(format!("exec {exec_id} is already starting")));
@@ -463,8 +522,14 @@ impl Supervisor {
         }
         if never_started {
             // runc delete --force killed it; give the reaper a moment to record the status.
-            let rx = self.lock().container(id)?.init.subscribe_exit();
-            let _ = tokio::time::timeout(DRAIN_LIMIT, process::wait_exit(rx)).await;
+            let rx = {
+                let mut g = self.lock();
+                let init = &g.container(id)?.init;
+                (init.pid != 0).then(|| init.subscribe_exit())
+            };
+            if let Some(rx) = rx {
+                let _ = tokio::time::timeout(DRAIN_LIMIT, process::wait_exit(rx)).await;
+            }
         }
         if let Some(rootfs) = &mounted {
             if let Err(e) = mount::unmount_all(rootfs) {
@@ -621,6 +686,28 @@ impl Supervisor {
             Event::Resumed(ev::TaskResumed { container_id, ..Default::default() })
         });
         Ok(())
+    }
+
+    /// `image_path` empty means the runtime option CriuImagePath.
+    pub async fn checkpoint(&self, id: &str, mut criu: CriuOpts, exit: bool) -> Result<()> {
+        let (runtime, bundle) = {
+            let mut g = self.lock();
+            let c = g.container(id)?;
+            if c.init.state() != State::Running {
+                return Err(Error::FailedPrecondition(format!("container {id} is not running")));
+            }
+            if criu.image_path.as_os_str().is_empty() {
+                criu.image_path = PathBuf::from(&c.options.criu_image_path);
+            }
+            if criu.image_path.as_os_str().is_empty() {
+                return Err(Error::InvalidArgument("checkpoint: no image path".into()));
+            }
+            if criu.work_path.as_os_str().is_empty() {
+                criu.work_path = criu_work_path(&c.bundle, &c.options);
+            }
+            (c.runtime.clone(), c.bundle.clone())
+        };
+        runtime.checkpoint(id, &bundle, &criu, !exit).await
     }
 
     pub async fn update(&self, id: &str, resources: Vec<u8>) -> Result<()> {

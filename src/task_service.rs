@@ -9,7 +9,7 @@ use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
-use containerd_shim_protos::shim::oci::ProcessDetails;
+use containerd_shim_protos::shim::oci::{CheckpointOptions, ProcessDetails};
 use containerd_shim_protos::shim_async::Task;
 use ttrpc::r#async::TtrpcContext;
 
@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::events::timestamp;
 use crate::options;
 use crate::process::State;
+use crate::runtime::CriuOpts;
 use crate::stdio::StdioPaths;
 use crate::supervisor::{CreateRequest, Supervisor};
 
@@ -73,9 +74,6 @@ type R<T> = ttrpc::Result<T>;
 impl Task for TaskService {
     async fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> R<api::CreateTaskResponse> {
         check(&req.id, "")?;
-        if !req.checkpoint.is_empty() {
-            return Err(Error::Unimplemented("restore from checkpoint is not supported yet".into()).into());
-        }
         let bundle = std::path::PathBuf::from(&req.bundle);
         if !bundle.is_absolute() {
             return Err(Error::InvalidArgument(format!("bundle {:?} is not an absolute path", req.bundle)).into());
@@ -86,6 +84,8 @@ impl Task for TaskService {
             .create(CreateRequest {
                 id: req.id.clone(),
                 bundle,
+                checkpoint: req.checkpoint.clone(),
+                parent_checkpoint: req.parent_checkpoint.clone(),
                 rootfs: req.rootfs.clone(),
                 stdio: StdioPaths {
                     stdin: req.stdin.clone(),
@@ -169,7 +169,32 @@ impl Task for TaskService {
 
     async fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointTaskRequest) -> R<Empty> {
         check(&req.id, "")?;
-        Err(Error::Unimplemented("checkpoint is not supported yet".into()).into())
+        let mut o = CheckpointOptions::new();
+        if let Some(any) = req.options.as_ref().filter(|a| !a.type_url.is_empty() || !a.value.is_empty()) {
+            if bare_type(&any.type_url) != "containerd.runc.v1.CheckpointOptions" {
+                return Err(Error::InvalidArgument(format!(
+                    "checkpoint: unsupported options type {:?}",
+                    any.type_url
+                ))
+                .into());
+            }
+            o = CheckpointOptions::parse_from_bytes(&any.value)
+                .map_err(|e| Error::InvalidArgument(format!("checkpoint: bad options: {e}")))?;
+        }
+        let image = if req.path.is_empty() { o.image_path.clone() } else { req.path.clone() };
+        let criu = CriuOpts {
+            image_path: image.into(),
+            work_path: o.work_path.clone().into(),
+            parent_path: None,
+            open_tcp: o.open_tcp,
+            external_unix_sockets: o.external_unix_sockets,
+            shell_job: o.terminal,
+            file_locks: o.file_locks,
+            empty_namespaces: o.empty_namespaces.clone(),
+            cgroups_mode: o.cgroups_mode.clone(),
+        };
+        self.sup.checkpoint(&req.id, criu, o.exit).await?;
+        Ok(Empty::new())
     }
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> R<Empty> {
