@@ -10,7 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
 use containerd_shim_protos::api::DeleteResponse;
-use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::bootstrap_api::{BootstrapParams, BootstrapResult};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
 use sha2::{Digest, Sha256};
 
 use crate::cli::Flags;
@@ -49,13 +52,40 @@ fn clean(path: &str) -> String {
     }
 }
 
-/// `unix:///run/containerd/s/<sha256(path.Join(address, namespace, group))>`, as containerd's
-/// shim library computes it.
-pub fn socket_address(containerd_address: &str, namespace: &str, group: &str) -> String {
+/// `unix://<dir>/<sha256(path.Join(address, namespace, group))>`, as containerd's shim library
+/// computes it; `dir` is /run/containerd/s unless containerd 2.3+ names another.
+fn socket_address_in(dir: &str, containerd_address: &str, namespace: &str, group: &str) -> String {
     let joined = clean(&format!("{containerd_address}/{namespace}/{group}"));
     let digest = Sha256::digest(joined.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("unix://{SOCKET_DIR}/{hex}")
+    format!("unix://{dir}/{hex}")
+}
+
+/// `-info` (containerd 2.x): what this runtime is, and the OCI runtime's features so containerd
+/// can check e.g. idmapped mount support.
+pub fn info() -> Result<Vec<u8>> {
+    let mut stdin = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let options_any = Any::parse_from_bytes(&stdin).ok().filter(|a| !a.type_url.is_empty());
+    let opts = options::decode(options_any.as_ref())?;
+    let mut info = RuntimeInfo {
+        name: "io.containerd.rustshim.v2".into(),
+        version: MessageField::some(RuntimeVersion {
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        }),
+        options: options_any.into(),
+        ..Default::default()
+    };
+    if let Ok(out) = Command::new(opts.binary()).arg("features").stdin(Stdio::null()).output() {
+        if out.status.success() {
+            let mut f = Any::new();
+            f.type_url = "types.containerd.io/opencontainers/runtime-spec/1/features/Features".into();
+            f.value = out.stdout;
+            info.features = MessageField::some(f);
+        }
+    }
+    info.write_to_bytes().map_err(|e| Error::Other(e.to_string()))
 }
 
 /// The group this container's shim serves: the explicit runc group annotation, else the CRI
@@ -108,27 +138,105 @@ fn bind_socket(address: &str) -> Result<Option<UnixListener>> {
     Ok(Some(listener))
 }
 
+/// What `start` finds on stdin: containerd 2.3+ sends BootstrapParams, older ones (and 2.3+ for
+/// some shim names) the bare runtime-options Any.
+#[derive(Debug, PartialEq)]
+pub enum StartInput {
+    Legacy(Option<Any>),
+    Bootstrap(BootstrapParams),
+}
+
+impl StartInput {
+    /// A raw Any can also decode as BootstrapParams, so it counts as one only when its ids
+    /// match the flags containerd passed.
+    pub fn parse(stdin: &[u8], flags: &Flags) -> StartInput {
+        if let Ok(p) = BootstrapParams::parse_from_bytes(stdin) {
+            if p.instance_id == flags.id && p.namespace == flags.namespace {
+                return StartInput::Bootstrap(p);
+            }
+        }
+        StartInput::Legacy(Any::parse_from_bytes(stdin).ok().filter(|a| !a.type_url.is_empty()))
+    }
+
+    pub fn options(&self) -> Option<&Any> {
+        match self {
+            StartInput::Legacy(a) => a.as_ref(),
+            StartInput::Bootstrap(p) => p.extensions.iter().filter_map(|e| e.value.as_ref()).find(|a| {
+                let t = a.type_url.rsplit('/').next().unwrap_or_default();
+                t.ends_with("Options")
+            }),
+        }
+    }
+
+    fn socket_dir(&self) -> &str {
+        match self {
+            StartInput::Bootstrap(p) => p.socket_dir.as_deref().filter(|d| !d.is_empty()).unwrap_or(SOCKET_DIR),
+            StartInput::Legacy(_) => SOCKET_DIR,
+        }
+    }
+
+    /// The reply in the form the caller speaks: BootstrapResult for BootstrapParams, else the
+    /// plain address (containerd 1.6 cannot read JSON). Version 2: task.v2 and v3 are both served.
+    pub fn reply(&self, address: &str) -> Vec<u8> {
+        match self {
+            StartInput::Legacy(_) => address.as_bytes().to_vec(),
+            StartInput::Bootstrap(_) => BootstrapResult {
+                version: 2,
+                address: address.to_string(),
+                protocol: "ttrpc".into(),
+                ..Default::default()
+            }
+            .write_to_bytes()
+            .unwrap_or_default(),
+        }
+    }
+}
+
 /// `start`: containerd runs this with CombinedOutput, so on success stdout carries only the
-/// address and nothing at all goes to stderr.
-pub fn start(flags: &Flags) -> Result<String> {
+/// reply and nothing at all goes to stderr.
+pub fn start(flags: &Flags) -> Result<Vec<u8>> {
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
+    let input = StartInput::parse(&stdin, flags);
+    // Bad options are reported by Create, which gets the same Any, with a proper error code.
+    let opts = options::decode(input.options()).unwrap_or_default();
     let bundle = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
-    let address = socket_address(&flags.address, &flags.namespace, &group_id(&bundle, &flags.id));
+    let group = group_id(&bundle, &flags.id);
+    let address = socket_address_in(input.socket_dir(), &flags.address, &flags.namespace, &group);
     let Some(listener) = bind_socket(&address)? else {
         options::write_atomic(&bundle.join("address"), address.as_bytes())?;
-        return Ok(address);
+        return Ok(input.reply(&address));
     };
-    let result = spawn_daemon(flags, &bundle, &address, listener);
+    let result = spawn_daemon(flags, &bundle, &address, listener, &opts);
     if result.is_err() {
         let _ = std::fs::remove_file(socket_path(&address));
     }
     result?;
     options::write_atomic(&bundle.join("address"), address.as_bytes())?;
-    Ok(address)
+    Ok(input.reply(&address))
 }
 
-fn spawn_daemon(flags: &Flags, bundle: &Path, address: &str, listener: UnixListener) -> Result<()> {
+/// Move the daemon into the ShimCgroup option's cgroup: every v1 hierarchy that has that path,
+/// and the unified one. A path that exists nowhere is an error, as in the Go shim.
+fn place_in_cgroup(pid: u32, path: &str) -> Result<()> {
+    let rel = path.trim_start_matches('/');
+    let mut placed = 0;
+    let roots = std::fs::read_dir("/sys/fs/cgroup").map_err(|e| Error::io("/sys/fs/cgroup", e))?;
+    let mut dirs: Vec<PathBuf> = roots.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    dirs.push(PathBuf::from("/sys/fs/cgroup"));
+    for root in dirs {
+        let procs = root.join(rel).join("cgroup.procs");
+        if procs.exists() && std::fs::write(&procs, pid.to_string()).is_ok() {
+            placed += 1;
+        }
+    }
+    if placed == 0 {
+        return Err(Error::InvalidArgument(format!("shim cgroup {path:?} does not exist")));
+    }
+    Ok(())
+}
+
+fn spawn_daemon(flags: &Flags, bundle: &Path, address: &str, listener: UnixListener, opts: &ShimOptions) -> Result<()> {
     let exe = std::env::current_exe().map_err(|e| Error::io("find own executable", e))?;
     let log = open_log_fifo(bundle);
     let mut cmd = Command::new(exe);
@@ -159,6 +267,15 @@ fn spawn_daemon(flags: &Flags, bundle: &Path, address: &str, listener: UnixListe
         });
     }
     let child = cmd.spawn().map_err(|e| Error::io("spawn shim daemon", e))?;
+    if !opts.shim_cgroup.is_empty() {
+        if let Err(e) = place_in_cgroup(child.id(), &opts.shim_cgroup) {
+            // SAFETY: our own child, not yet waited for.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let mut child = child;
+            let _ = child.wait();
+            return Err(e);
+        }
+    }
     adjust_oom_score(child.id());
     // The daemon is re-parented once we exit; it is never waited for here.
     drop(child);
@@ -234,6 +351,11 @@ pub fn print(bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use containerd_shim_protos::bootstrap_api::Extension;
+
+    fn socket_address(a: &str, ns: &str, group: &str) -> String {
+        socket_address_in(SOCKET_DIR, a, ns, group)
+    }
 
     #[test]
     fn address_matches_containerd() {
@@ -248,6 +370,36 @@ mod tests {
         // path.Join cleans: duplicate slashes and a trailing slash do not change the hash.
         assert_eq!(socket_address("/run/containerd//containerd.sock/", "default", "x"),
                    socket_address("/run/containerd/containerd.sock", "default", "x"));
+    }
+
+    fn flags() -> Flags {
+        crate::cli::parse(["-namespace", "ns", "-id", "c1", "start"].map(String::from)).unwrap()
+    }
+
+    #[test]
+    fn start_input_legacy_any_and_bootstrap_params() {
+        let mut opts = Any::new();
+        opts.type_url = "containerd.runc.v1.Options".into();
+        let legacy = StartInput::parse(&opts.write_to_bytes().unwrap(), &flags());
+        assert_eq!(legacy.options().map(|a| a.type_url.as_str()), Some("containerd.runc.v1.Options"));
+        assert_eq!(legacy.reply("unix:///x"), b"unix:///x");
+        assert_eq!(StartInput::parse(b"", &flags()), StartInput::Legacy(None));
+
+        let params = BootstrapParams {
+            instance_id: "c1".into(),
+            namespace: "ns".into(),
+            extensions: vec![Extension { value: MessageField::some(opts.clone()), ..Default::default() }],
+            socket_dir: Some("/run/other/s".into()),
+            ..Default::default()
+        };
+        let b = StartInput::parse(&params.write_to_bytes().unwrap(), &flags());
+        assert_eq!(b.options(), Some(&opts));
+        assert_eq!(b.socket_dir(), "/run/other/s");
+        let r = BootstrapResult::parse_from_bytes(&b.reply("unix:///run/other/s/ab")).unwrap();
+        assert_eq!((r.version, r.address.as_str(), r.protocol.as_str()), (2, "unix:///run/other/s/ab", "ttrpc"));
+        // same bytes, other ids: a legacy Any after all
+        let other = BootstrapParams { instance_id: "zz".into(), ..params };
+        assert!(matches!(StartInput::parse(&other.write_to_bytes().unwrap(), &flags()), StartInput::Legacy(_)));
     }
 
     #[test]
