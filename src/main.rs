@@ -1,6 +1,7 @@
 //! containerd-shim-rustshim-v2: argv -> action.
 
 mod bootstrap;
+mod cgroups;
 mod cli;
 mod container;
 mod error;
@@ -33,13 +34,19 @@ fn main() -> ExitCode {
             println!("  Runtime:  io.containerd.rustshim.v2");
             ExitCode::SUCCESS
         }
-        cli::Action::Info => {
-            eprintln!("containerd-shim-rustshim-v2: -info is not supported yet");
-            ExitCode::FAILURE
-        }
+        cli::Action::Info => match bootstrap::info() {
+            Ok(bytes) => {
+                bootstrap::print(&bytes);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("containerd-shim-rustshim-v2 -info: {e}");
+                ExitCode::FAILURE
+            }
+        },
         cli::Action::Start => match bootstrap::start(&flags) {
-            Ok(address) => {
-                bootstrap::print(address.as_bytes());
+            Ok(reply) => {
+                bootstrap::print(&reply);
                 ExitCode::SUCCESS
             }
             Err(e) => {
