@@ -12,6 +12,11 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
+fn ctr_is_1_6() -> bool {
+    let out = Command::new(containerd_tool("ctr")).arg("--version").output().expect("ctr --version");
+    String::from_utf8_lossy(&out.stdout).contains(" 1.6.")
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -97,19 +102,14 @@ fn run_output_and_exit_status() {
     c.ctr_ok(&["container", "delete", "a-det"]);
 
     // create and start separately: `ctr task start` exits with the code
-    // (`--`: ctr's `container create` would take `-c` as its own --config flag)
-    c.ctr_ok(&[
-        "container",
-        "create",
-        "--runtime",
-        &rt,
-        IMAGE,
-        "a-start",
-        "--",
-        "sh",
-        "-c",
-        "echo started; exit 7",
-    ]);
+    // (ctr 1.6's `container create` takes `-c` as its own --config flag unless `--` comes
+    // first; ctr 1.7+ passes a `--` on to the container as its command)
+    let mut create = vec!["container", "create", "--runtime", &rt, IMAGE, "a-start"];
+    if ctr_is_1_6() {
+        create.push("--");
+    }
+    create.extend(["sh", "-c", "echo started; exit 7"]);
+    c.ctr_ok(&create);
     let o = c.ctr(&["task", "start", "--fifo-dir", &c.fifo_dir(), "a-start"]);
     assert_eq!(exit_code(&o.status), 7, "{}", describe(&o));
     assert!(stdout(&o).contains("started"), "{}", describe(&o));
