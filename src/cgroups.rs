@@ -61,11 +61,10 @@ impl Cgroup {
         let mi_file = proc_root.join("self/mountinfo");
         let mountinfo = std::fs::read_to_string(&mi_file)
             .map_err(|e| Error::io(format!("read {}", mi_file.display()), e))?;
-        Self::from_proc_files(&cgroup, &mountinfo)
-            .map_err(|e| match e {
-                Error::NotFound(m) => Error::NotFound(format!("process {pid}: {m}")),
-                e => e,
-            })
+        Self::from_proc_files(&cgroup, &mountinfo).map_err(|e| match e {
+            Error::NotFound(m) => Error::NotFound(format!("process {pid}: {m}")),
+            e => e,
+        })
     }
 
     /// Pure parser: the contents of /proc/<pid>/cgroup and of a mountinfo file.
@@ -209,8 +208,13 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             if v <= 0xff {
                 out.push(v as u8);
                 i += 4;
@@ -345,7 +349,9 @@ fn metrics_v1(paths: &HashMap<String, PathBuf>) -> Result<v1::Metrics> {
         m.hugetlb = hugetlb_sizes(dir, "usage_in_bytes")
             .into_iter()
             .map(|size| {
-                let f = |what: &str| read_u64(dir, &format!("hugetlb.{size}.{what}"), u64::MAX).unwrap_or(0);
+                let f = |what: &str| {
+                    read_u64(dir, &format!("hugetlb.{size}.{what}"), u64::MAX).unwrap_or(0)
+                };
                 v1::HugetlbStat {
                     usage: f("usage_in_bytes"),
                     max: f("max_usage_in_bytes"),
@@ -362,7 +368,11 @@ fn metrics_v1(paths: &HashMap<String, PathBuf>) -> Result<v1::Metrics> {
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
 }
 
 fn cpu_v1(cpuacct: Option<&PathBuf>, cpu: Option<&PathBuf>) -> v1::CPUStat {
@@ -638,7 +648,9 @@ fn metrics_v2(dir: &Path) -> Result<v2::Metrics> {
     m.hugetlb = hugetlb_sizes(dir, "current")
         .into_iter()
         .map(|size| {
-            let f = |what: &str| read_u64(dir, &format!("hugetlb.{size}.{what}"), u64::MAX).unwrap_or(0);
+            let f = |what: &str| {
+                read_u64(dir, &format!("hugetlb.{size}.{what}"), u64::MAX).unwrap_or(0)
+            };
             let events = read_kv(dir, &format!("hugetlb.{size}.events")).unwrap_or_default();
             v2::HugeTlbStat {
                 current: f("current"),
@@ -658,7 +670,11 @@ fn parse_io_stat(s: &str) -> Vec<v2::IOEntry> {
         .filter_map(|line| {
             let mut it = line.split_whitespace();
             let (ma, mi) = it.next()?.split_once(':')?;
-            let mut e = v2::IOEntry { major: ma.parse().ok()?, minor: mi.parse().ok()?, ..Default::default() };
+            let mut e = v2::IOEntry {
+                major: ma.parse().ok()?,
+                minor: mi.parse().ok()?,
+                ..Default::default()
+            };
             for kv in it {
                 let Some((k, v)) = kv.split_once('=') else { continue };
                 let v = v.parse().unwrap_or(0);
@@ -725,8 +741,17 @@ pub struct OomWatcher {
 }
 
 enum WatchKind {
-    V1 { efd: AsyncFd<EventFd>, dir: PathBuf },
-    V2 { ino: AsyncFd<InotifyFd>, dir: PathBuf, events_wd: WatchDescriptor, cgroup_events: bool, last: u64 },
+    V1 {
+        efd: AsyncFd<EventFd>,
+        dir: PathBuf,
+    },
+    V2 {
+        ino: AsyncFd<InotifyFd>,
+        dir: PathBuf,
+        events_wd: WatchDescriptor,
+        cgroup_events: bool,
+        last: u64,
+    },
 }
 
 /// nix's Inotify has AsFd but not AsRawFd, which AsyncFd wants.
@@ -749,7 +774,8 @@ impl OomWatcher {
             Cgroup::V1 { .. } => {
                 let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
                 let oc_path = dir.join("memory.oom_control");
-                let oc = File::open(&oc_path).map_err(|e| Error::io(format!("open {}", oc_path.display()), e))?;
+                let oc = File::open(&oc_path)
+                    .map_err(|e| Error::io(format!("open {}", oc_path.display()), e))?;
                 let ec_path = dir.join("cgroup.event_control");
                 // The kernel keeps its own references; oom_control may close right after.
                 std::fs::write(&ec_path, format!("{} {}", efd.as_raw_fd(), oc.as_raw_fd()))
@@ -774,12 +800,14 @@ impl OomWatcher {
                         e => Error::io(format!("inotify {}", events.display()), e.into()),
                     })?;
                 // cgroup.events tells when the last process left ("populated 0").
-                let cgroup_events = ino.add_watch(&dir.join("cgroup.events"), AddWatchFlags::IN_MODIFY).is_ok();
+                let cgroup_events =
+                    ino.add_watch(&dir.join("cgroup.events"), AddWatchFlags::IN_MODIFY).is_ok();
                 // Baseline after the watch is in place, so no increase can slip between.
                 let last = read_oom_kill(&events).ok().flatten().unwrap_or(0);
                 // SAFETY: as above, the AsyncFd owns the inotify fd.
-                let ino = unsafe { AsyncFd::register_with_interest(InotifyFd(ino), Interest::READABLE) }
-                    .map_err(|e| Error::io("register inotify", e.into_parts().1))?;
+                let ino =
+                    unsafe { AsyncFd::register_with_interest(InotifyFd(ino), Interest::READABLE) }
+                        .map_err(|e| Error::io("register inotify", e.into_parts().1))?;
                 WatchKind::V2 { ino, dir, events_wd, cgroup_events, last }
             }
         };
@@ -853,7 +881,8 @@ async fn run_v2(
             Err(_would_block) => continue,
         };
         let gone = evs.iter().any(|e| {
-            e.wd == events_wd && e.mask.intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF)
+            e.wd == events_wd
+                && e.mask.intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF)
         });
         match read_oom_kill(&events) {
             Ok(Some(n)) if n > last => {
@@ -903,7 +932,8 @@ mod tests {
         fn new(tag: &str) -> TempDir {
             static N: AtomicUsize = AtomicUsize::new(0);
             let n = N.fetch_add(1, Ordering::Relaxed);
-            let p = std::env::temp_dir().join(format!("rustshim-cg-{tag}-{}-{n}", std::process::id()));
+            let p =
+                std::env::temp_dir().join(format!("rustshim-cg-{tag}-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             TempDir(p)
@@ -1009,7 +1039,9 @@ mod tests {
 50 40 0:32 /docker/ctr /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory
 51 40 0:32 / /mnt/all\\040memory rw - cgroup cgroup rw,memory
 ";
-        let Cgroup::V1 { paths } = Cgroup::from_proc_files("5:memory:/docker/ctr/sub\n", mi).unwrap() else {
+        let Cgroup::V1 { paths } =
+            Cgroup::from_proc_files("5:memory:/docker/ctr/sub\n", mi).unwrap()
+        else {
             panic!()
         };
         assert_eq!(paths["memory"], PathBuf::from("/sys/fs/cgroup/memory/sub"));
@@ -1021,9 +1053,18 @@ mod tests {
 
     #[test]
     fn parse_errors() {
-        assert!(matches!(Cgroup::from_proc_files("garbage\n", HYBRID_MOUNTINFO), Err(Error::InvalidArgument(_))));
-        assert!(matches!(Cgroup::from_proc_files("0::/x\n", "1 0 0:1 / / rw - ext4 x rw\n"), Err(Error::NotFound(_))));
-        assert!(matches!(Cgroup::for_pid_in(Path::new("/nonexistent-proc"), 1), Err(Error::NotFound(_))));
+        assert!(matches!(
+            Cgroup::from_proc_files("garbage\n", HYBRID_MOUNTINFO),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            Cgroup::from_proc_files("0::/x\n", "1 0 0:1 / / rw - ext4 x rw\n"),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            Cgroup::for_pid_in(Path::new("/nonexistent-proc"), 1),
+            Err(Error::NotFound(_))
+        ));
     }
 
     fn decode_v1(any: &Any) -> v1::Metrics {
@@ -1059,13 +1100,17 @@ mod tests {
                 ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
             ],
         );
-        let cpu = t.sub("cpu", &[("cpu.stat", "nr_periods 7\nnr_throttled 3\nthrottled_time 999\n")]);
+        let cpu =
+            t.sub("cpu", &[("cpu.stat", "nr_periods 7\nnr_throttled 3\nthrottled_time 999\n")]);
         let cpuacct = t.sub(
             "cpuacct",
             &[
                 ("cpuacct.usage", "5000000000\n"),
                 ("cpuacct.usage_percpu", "3000000000 2000000000 \n"),
-                ("cpuacct.stat", format!("user {}\nsystem {}\n", clock_ticks() * 2, clock_ticks()).as_str()),
+                (
+                    "cpuacct.stat",
+                    format!("user {}\nsystem {}\n", clock_ticks() * 2, clock_ticks()).as_str(),
+                ),
             ],
         );
         let pids = t.sub("pids", &[("pids.current", "4\n"), ("pids.max", "max\n")]);
@@ -1112,11 +1157,17 @@ mod tests {
         assert_eq!((th.periods, th.throttled_periods, th.throttled_time), (7, 3, 999));
 
         let mm = &m.memory;
-        assert_eq!((mm.cache, mm.rss, mm.mapped_file, mm.pg_pg_in, mm.pg_maj_fault), (4096, 8192, 100, 10, 13));
+        assert_eq!(
+            (mm.cache, mm.rss, mm.mapped_file, mm.pg_pg_in, mm.pg_maj_fault),
+            (4096, 8192, 100, 10, 13)
+        );
         assert_eq!(mm.unevictable, 18);
         assert_eq!(mm.hierarchical_memory_limit, 9223372036854771712);
         assert_eq!(mm.hierarchical_swap_limit, 1024);
-        assert_eq!((mm.total_cache, mm.total_rss, mm.total_pg_pg_in, mm.total_unevictable), (5000, 9000, 20, 21));
+        assert_eq!(
+            (mm.total_cache, mm.total_rss, mm.total_pg_pg_in, mm.total_unevictable),
+            (5000, 9000, 20, 21)
+        );
         assert_eq!(
             (mm.usage.usage, mm.usage.limit, mm.usage.max, mm.usage.failcnt),
             (123456, 268435456, 200000, 3)
@@ -1127,11 +1178,20 @@ mod tests {
         assert_eq!(m.memory_oom_control.oom_kill, 2);
 
         let b = &m.blkio;
-        let ops: Vec<(u64, u64, &str, u64)> =
-            b.io_service_bytes_recursive.iter().map(|e| (e.major, e.minor, e.op.as_str(), e.value)).collect();
+        let ops: Vec<(u64, u64, &str, u64)> = b
+            .io_service_bytes_recursive
+            .iter()
+            .map(|e| (e.major, e.minor, e.op.as_str(), e.value))
+            .collect();
         assert_eq!(
             ops,
-            vec![(254, 0, "Read", 4096), (254, 0, "Write", 8192), (254, 0, "Sync", 0), (254, 0, "Async", 12288), (254, 0, "Total", 12288)]
+            vec![
+                (254, 0, "Read", 4096),
+                (254, 0, "Write", 8192),
+                (254, 0, "Sync", 0),
+                (254, 0, "Async", 12288),
+                (254, 0, "Total", 12288)
+            ]
         );
         // Falls back to the non-recursive throttle file.
         assert_eq!(b.io_serviced_recursive.len(), 2);
@@ -1144,7 +1204,9 @@ mod tests {
         // A controller directory that is gone -> NotFound naming it.
         std::fs::remove_dir_all(&pids).unwrap();
         match (Cgroup::V1 { paths }).stats() {
-            Err(Error::NotFound(msg)) => assert!(msg.contains(&pids.display().to_string()), "{msg}"),
+            Err(Error::NotFound(msg)) => {
+                assert!(msg.contains(&pids.display().to_string()), "{msg}")
+            }
             other => panic!("expected NotFound, got {other:?}"),
         }
     }
@@ -1162,7 +1224,10 @@ mod tests {
         );
         let paths = HashMap::from([("blkio".to_string(), d)]);
         let m = decode_v1(&Cgroup::V1 { paths }.stats().unwrap());
-        assert_eq!(m.blkio.io_serviced_recursive.iter().map(|e| e.value).collect::<Vec<_>>(), vec![5, 6]);
+        assert_eq!(
+            m.blkio.io_serviced_recursive.iter().map(|e| e.value).collect::<Vec<_>>(),
+            vec![5, 6]
+        );
         assert_eq!(m.blkio.sectors_recursive[0].op, "");
         assert_eq!(m.blkio.sectors_recursive[0].value, 42);
         assert!(m.memory.is_none() && m.cpu.is_none() && m.pids.is_none());
@@ -1202,28 +1267,53 @@ mod tests {
         assert_eq!((m.pids.current, m.pids.limit), (3, u64::MAX));
         let c = &m.cpu;
         assert_eq!(
-            (c.usage_usec, c.user_usec, c.system_usec, c.nr_periods, c.nr_throttled, c.throttled_usec),
+            (
+                c.usage_usec,
+                c.user_usec,
+                c.system_usec,
+                c.nr_periods,
+                c.nr_throttled,
+                c.throttled_usec
+            ),
             (1000, 600, 400, 10, 2, 50)
         );
         assert_eq!(c.psi.some.avg10, 1.5);
         assert_eq!((c.psi.some.total, c.psi.full.total), (1234, 5));
         let mm = &m.memory;
-        assert_eq!((mm.usage, mm.usage_limit, mm.swap_usage, mm.swap_limit), (1048576, u64::MAX, 0, 4096));
-        assert_eq!((mm.anon, mm.file, mm.kernel_stack, mm.slab, mm.shmem, mm.file_mapped), (700, 300, 16, 8, 4, 2));
-        assert_eq!((mm.pgfault, mm.pgmajfault, mm.workingset_refault, mm.thp_fault_alloc), (55, 1, 7, 9));
+        assert_eq!(
+            (mm.usage, mm.usage_limit, mm.swap_usage, mm.swap_limit),
+            (1048576, u64::MAX, 0, 4096)
+        );
+        assert_eq!(
+            (mm.anon, mm.file, mm.kernel_stack, mm.slab, mm.shmem, mm.file_mapped),
+            (700, 300, 16, 8, 4, 2)
+        );
+        assert_eq!(
+            (mm.pgfault, mm.pgmajfault, mm.workingset_refault, mm.thp_fault_alloc),
+            (55, 1, 7, 9)
+        );
         assert!(mm.psi.is_none());
         let e = &m.memory_events;
         assert_eq!((e.low, e.high, e.max, e.oom, e.oom_kill), (0, 1, 2, 3, 4));
-        let io: Vec<_> = m.io.usage.iter().map(|e| (e.major, e.minor, e.rbytes, e.wbytes, e.rios, e.wios)).collect();
+        let io: Vec<_> =
+            m.io.usage
+                .iter()
+                .map(|e| (e.major, e.minor, e.rbytes, e.wbytes, e.rios, e.wios))
+                .collect();
         assert_eq!(io, vec![(8, 0, 100, 200, 1, 2), (254, 16, 5, 6, 7, 8)]);
         assert_eq!(m.hugetlb.len(), 1);
-        assert_eq!((m.hugetlb[0].pagesize.as_str(), m.hugetlb[0].max, m.hugetlb[0].failcnt), ("2MB", u64::MAX, 7));
+        assert_eq!(
+            (m.hugetlb[0].pagesize.as_str(), m.hugetlb[0].max, m.hugetlb[0].failcnt),
+            ("2MB", u64::MAX, 7)
+        );
 
         // Only cpu.stat (a cgroup without memory/pids/io controllers enabled): the rest absent.
         let bare = t.sub("bare", &[("cpu.stat", "usage_usec 1\n")]);
         let m = decode_v2(&Cgroup::V2 { path: bare }.stats().unwrap());
         assert_eq!(m.cpu.usage_usec, 1);
-        assert!(m.memory.is_none() && m.pids.is_none() && m.io.is_none() && m.memory_events.is_none());
+        assert!(
+            m.memory.is_none() && m.pids.is_none() && m.io.is_none() && m.memory_events.is_none()
+        );
 
         let gone = t.0.join("gone");
         match (Cgroup::V2 { path: gone.clone() }).stats() {
@@ -1240,7 +1330,11 @@ mod tests {
             Cgroup::V1 { paths } => {
                 let m = decode_v1(&any);
                 if paths.contains_key("memory") {
-                    assert!(m.memory.usage.usage > 0, "memory usage of a live cgroup: {:?}", m.memory);
+                    assert!(
+                        m.memory.usage.usage > 0,
+                        "memory usage of a live cgroup: {:?}",
+                        m.memory
+                    );
                 }
                 if paths.contains_key("cpuacct") {
                     assert!(m.cpu.usage.total > 0);
@@ -1287,28 +1381,37 @@ mod tests {
         }));
 
         // A change that is not an OOM kill: nothing.
-        std::fs::write(d.join("memory.events"), "low 0\nhigh 0\nmax 5\noom 0\noom_kill 0\n").unwrap();
+        std::fs::write(d.join("memory.events"), "low 0\nhigh 0\nmax 5\noom 0\noom_kill 0\n")
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(fired.load(Ordering::SeqCst), 0);
 
-        std::fs::write(d.join("memory.events"), "low 0\nhigh 0\nmax 6\noom 1\noom_kill 1\n").unwrap();
+        std::fs::write(d.join("memory.events"), "low 0\nhigh 0\nmax 6\noom 1\noom_kill 1\n")
+            .unwrap();
         assert!(wait_count(&fired, 1).await, "on_oom not called");
         // Same counter again (another field changed): no second call.
-        std::fs::write(d.join("memory.events"), "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n").unwrap();
+        std::fs::write(d.join("memory.events"), "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n")
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(fired.load(Ordering::SeqCst), 1);
         assert!(!task.is_finished());
 
         // The cgroup goes away: the watcher returns.
         std::fs::remove_dir_all(&d).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task).await.expect("watcher did not end").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("watcher did not end")
+            .unwrap();
         assert_eq!(fired.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn watch_oom_v2_ends_when_unpopulated() {
         let t = TempDir::new("oom2p");
-        let d = t.sub("c", &[("memory.events", "oom_kill 0\n"), ("cgroup.events", "populated 1\nfrozen 0\n")]);
+        let d = t.sub(
+            "c",
+            &[("memory.events", "oom_kill 0\n"), ("cgroup.events", "populated 1\nfrozen 0\n")],
+        );
         let fired = Arc::new(AtomicUsize::new(0));
         let f2 = fired.clone();
         let w = OomWatcher::new(&Cgroup::V2 { path: d.clone() }).unwrap();
@@ -1320,13 +1423,19 @@ mod tests {
         // The kill and the last process leaving: on_oom, then the end.
         std::fs::write(d.join("memory.events"), "oom_kill 1\n").unwrap();
         std::fs::write(d.join("cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task).await.expect("watcher did not end").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("watcher did not end")
+            .unwrap();
         assert_eq!(fired.load(Ordering::SeqCst), 1);
 
         // Already empty at the start: returns at once. No memory.events: setup fails (NotFound).
-        tokio::time::timeout(Duration::from_secs(5), watch_oom(Cgroup::V2 { path: d.clone() }, || panic!()))
-            .await
-            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            watch_oom(Cgroup::V2 { path: d.clone() }, || panic!()),
+        )
+        .await
+        .unwrap();
         let none = t.sub("nomem", &[]);
         assert!(matches!(OomWatcher::new(&Cgroup::V2 { path: none }), Err(Error::NotFound(_))));
         assert!(matches!(
@@ -1340,7 +1449,10 @@ mod tests {
     async fn watch_oom_v1_real() {
         let root = Path::new("/sys/fs/cgroup/memory");
         if !nix::unistd::geteuid().is_root() || !root.join("cgroup.event_control").exists() {
-            eprintln!("SKIP watch_oom_v1_real: needs root and a cgroup v1 memory controller at {}", root.display());
+            eprintln!(
+                "SKIP watch_oom_v1_real: needs root and a cgroup v1 memory controller at {}",
+                root.display()
+            );
             return;
         }
         let dir = root.join(format!("rustshim-test-{}", std::process::id()));
@@ -1393,7 +1505,10 @@ mod tests {
 
         // Removing the cgroup ends the watcher (the kernel signals the eventfd on removal).
         drop(guard);
-        tokio::time::timeout(Duration::from_secs(5), task).await.expect("watcher did not end").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("watcher did not end")
+            .unwrap();
         assert!(!dir.exists());
     }
 }
