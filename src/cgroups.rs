@@ -14,7 +14,6 @@
 //! `IN_MODIFY` on `memory.events` and reports each increase of `oom_kill`.
 
 // Not wired into the task service yet; remove once Stats/OOM use it.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fs::File;

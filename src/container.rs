@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use containerd_shim_protos::events::task::TaskExit;
 
+use crate::cgroups::Cgroup;
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Event};
 use crate::process::{Process, Transition};
@@ -32,6 +33,9 @@ pub struct Container {
     pub options: ShimOptions,
     /// Set when Create named a checkpoint: Start restores from it instead of `runc start`.
     pub restore: Option<CriuOpts>,
+    /// Init's cgroup, for Stats; found once init exists.
+    pub cgroup: Option<Cgroup>,
+    pub oom_watch: Option<tokio::task::AbortHandle>,
 }
 
 impl Container {
@@ -146,6 +150,8 @@ mod tests {
             deleting: false,
             options: ShimOptions::default(),
             restore: None,
+            cgroup: None,
+            oom_watch: None,
         }
     }
 

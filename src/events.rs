@@ -30,6 +30,7 @@ pub enum Event {
     ExecStarted(ev::TaskExecStarted),
     Paused(ev::TaskPaused),
     Resumed(ev::TaskResumed),
+    Oom(ev::TaskOOM),
 }
 
 impl Event {
@@ -43,6 +44,7 @@ impl Event {
             Event::ExecStarted(_) => "/tasks/exec-started",
             Event::Paused(_) => "/tasks/paused",
             Event::Resumed(_) => "/tasks/resumed",
+            Event::Oom(_) => "/tasks/oom",
         }
     }
 
@@ -58,6 +60,7 @@ impl Event {
             Event::ExecStarted(m) => ("TaskExecStarted", m.write_to_bytes()),
             Event::Paused(m) => ("TaskPaused", m.write_to_bytes()),
             Event::Resumed(m) => ("TaskResumed", m.write_to_bytes()),
+            Event::Oom(m) => ("TaskOOM", m.write_to_bytes()),
         };
         let mut any = Any::new();
         any.type_url = format!("containerd.events.{name}");

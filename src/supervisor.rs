@@ -15,6 +15,7 @@ use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::types::mount::Mount;
 use tokio::sync::Notify;
 
+use crate::cgroups::{self, Cgroup};
 use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Event, Publisher};
@@ -208,6 +209,7 @@ impl Supervisor {
             ..Default::default()
         }));
         c.publishable_exits().into_iter().for_each(|e| self.publisher.publish(e));
+        self.watch_cgroup(&mut c);
         log::info!("container {} created, init pid {pid}", req.id);
         g.containers.insert(req.id.clone(), c);
         Ok(pid)
@@ -277,6 +279,8 @@ impl Supervisor {
             deleting: false,
             options: req.options.clone(),
             restore,
+            cgroup: None,
+            oom_watch: None,
         })
     }
 
@@ -318,6 +322,39 @@ impl Supervisor {
         started
     }
 
+    /// Find init's cgroup (for Stats) and watch it for OOM kills.
+    fn watch_cgroup(&self, c: &mut Container) {
+        if c.init.pid == 0 || c.init.exit().is_some() {
+            return;
+        }
+        match Cgroup::for_pid(c.init.pid) {
+            Ok(cg) => {
+                let publisher = self.publisher.clone();
+                let container_id = c.id.clone();
+                let watch = cgroups::watch_oom(cg.clone(), move || {
+                    log::warn!("container {container_id}: OOM kill in its cgroup");
+                    publisher.publish(Event::Oom(ev::TaskOOM {
+                        container_id: container_id.clone(),
+                        ..Default::default()
+                    }));
+                });
+                c.oom_watch = Some(tokio::spawn(watch).abort_handle());
+                c.cgroup = Some(cg);
+            }
+            Err(e) => log::warn!("container {}: no cgroup for pid {}: {e}", c.id, c.init.pid),
+        }
+    }
+
+    pub async fn stats(&self, id: &str) -> Result<containerd_shim_protos::protobuf::well_known_types::any::Any> {
+        let cg = self
+            .lock()
+            .container(id)?
+            .cgroup
+            .clone()
+            .ok_or_else(|| Error::NotFound(format!("container {id} has no cgroup")))?;
+        cg.stats()
+    }
+
     pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
         if exec_id.is_empty() {
             self.start_init(id).await
@@ -354,6 +391,7 @@ impl Supervisor {
                     Ok((pid, io)) => {
                         c.init.pid = pid;
                         c.init.io = Some(Arc::new(io));
+                        self.watch_cgroup(c);
                         if let Some((status, at)) = early_exit {
                             let _ = c.init.transition(Transition::Exit { status, at });
                             persist_exit(&c.bundle, status, at);
@@ -542,6 +580,9 @@ impl Supervisor {
             .remove(id)
             .ok_or_else(|| Error::NotFound(format!("container {id:?} not created")))?;
         drop(g);
+        if let Some(w) = &c.oom_watch {
+            w.abort();
+        }
         let (status, at) = c.init.exit().or_else(|| read_persisted_exit(&bundle)).unwrap_or((0, SystemTime::now()));
         self.publisher.publish(Event::Delete(ev::TaskDelete {
             container_id: id.to_string(),

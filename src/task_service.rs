@@ -260,7 +260,8 @@ impl Task for TaskService {
 
     async fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> R<api::StatsResponse> {
         check(&req.id, "")?;
-        Err(Error::Unimplemented("stats are not supported yet".into()).into())
+        let stats = self.sup.stats(&req.id).await?;
+        Ok(api::StatsResponse { stats: MessageField::some(stats), ..Default::default() })
     }
 
     async fn connect(&self, _: &TtrpcContext, req: api::ConnectRequest) -> R<api::ConnectResponse> {
