@@ -31,15 +31,18 @@ echo "runtime under test: ${RUSTSHIM_TEST_RUNTIME:-io.containerd.rustshim.v2}"
 step "building (cargo build --all-targets)"
 cargo build --all-targets
 
-step "running cargo test --all-targets -- --test-threads=2 $*"
+step "unit tests"
 rm -rf target/tmp/e2e-logs
 start=$(date +%s)
 status=0
-cargo test --all-targets -- --test-threads=2 "$@" || status=$?
+cargo test --bins -- --test-threads=2 "$@" || status=$?
+
+step "end-to-end tests on containerd 1.6, 1.7 and 2.1 (scripts/matrix.sh)"
+bash scripts/matrix.sh -- "$@" || status=$?
 echo
 if ((status == 0)); then
     echo "==> all tests passed ($(($(date +%s) - start))s)"
 else
-    echo "==> TESTS FAILED (cargo test exit $status); containerd logs of failed e2e tests are in target/tmp/e2e-logs/" >&2
+    echo "==> TESTS FAILED; containerd logs of failed e2e tests are in target/tmp/e2e-logs/" >&2
 fi
 exit "$status"
