@@ -91,7 +91,7 @@ pub fn info() -> Result<Vec<u8>> {
 /// The group this container's shim serves: the explicit runc group annotation, else the CRI
 /// sandbox, else the container itself.
 pub fn group_id(bundle: &Path, id: &str) -> String {
-    let annotations = std::fs::read(bundle.join("config.json"))
+    let annotations = options::read_bundle_file(&bundle.join("config.json"))
         .ok()
         .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
         .and_then(|v| v.get("annotations").cloned());

@@ -104,11 +104,40 @@ impl ShimOptions {
     }
 }
 
+/// Write a bundle file through a fresh temporary and a rename. The temporary is created with
+/// O_EXCL|O_NOFOLLOW and rename replaces a symlink rather than following it, so a link planted in
+/// the bundle can never redirect a write outside it.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(data))
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+/// Read a file of the bundle, refusing a symlink (which could point anywhere on the host).
+pub fn read_bundle_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut data = Vec::new();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::InvalidArgument(format!("{} is a symlink: refused", path.display())),
+            _ => Error::InvalidArgument(format!("read {}: {e}", path.display())),
+        })?;
+    Ok(data)
 }
 
 /// A type URL without the `type.googleapis.com/` style prefix some clients add.
@@ -351,6 +380,23 @@ mod tests {
         // runc Options with the reserved criu_path field 8
         let d = decode(Some(&any("containerd.runc.v1.Options", wire(&[(8, "/usr/sbin/criu"), (6, "crun")], &[])))).unwrap();
         assert_eq!((d.criu_path.as_str(), d.binary()), ("/usr/sbin/criu", "crun"));
+    }
+
+    #[test]
+    fn bundle_files_never_follow_symlinks() {
+        let dir = std::env::temp_dir().join(format!("rs-symlink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let outside = dir.join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        let link = dir.join("options.json");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("options.tmp")).unwrap();
+        assert!(matches!(read_bundle_file(&link), Err(Error::InvalidArgument(m)) if m.contains("symlink")));
+        write_atomic(&link, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(read_bundle_file(&link).unwrap(), b"new");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! One process (a container's init or an exec): its state machine, exit and waiters.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -57,6 +58,9 @@ impl State {
 
 pub struct Process {
     pub pid: u32,
+    /// A pidfd for `pid`, opened while the process could not yet have been reaped, so a signal
+    /// sent through it can never reach a process that later got the same pid.
+    pidfd: Option<OwnedFd>,
     state: State,
     pub stdio: StdioPaths,
     pub io: Option<Arc<ProcessIo>>,
@@ -75,6 +79,7 @@ impl Process {
     pub fn new(stdio: StdioPaths) -> Self {
         Process {
             pid: 0,
+            pidfd: None,
             state: State::Created,
             stdio,
             io: None,
@@ -86,6 +91,32 @@ impl Process {
         }
     }
 
+    /// Record the pid. Call only while its exit cannot have been reaped unnoticed (the reaper
+    /// runs on this thread and buffers exits of unknown pids), so the pidfd names this process.
+    pub fn set_pid(&mut self, pid: u32) {
+        self.pid = pid;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        // Without pidfds (Linux < 5.3) signals fall back to kill(2).
+        self.pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    }
+
+    /// Signal the process through its pidfd (kill(2) without one). ESRCH means it is gone.
+    pub fn signal(&self, sig: i32) -> std::result::Result<(), nix::errno::Errno> {
+        let r = match &self.pidfd {
+            // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+            Some(fd) => unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+            },
+            None => unsafe { libc::kill(self.pid as libc::pid_t, sig) as libc::c_long },
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(nix::errno::Errno::last())
+        }
+    }
+
     pub fn state(&self) -> State {
         self.state
     }
@@ -94,6 +125,7 @@ impl Process {
         self.state = self.state.apply(t)?;
         if let State::Stopped { status, at } = self.state {
             self.exit_tx.send_replace(Some((status, at)));
+            self.pidfd = None; // reaped: the pid may be reused from now on
         }
         Ok(())
     }
@@ -158,6 +190,20 @@ mod tests {
         assert!(matches!(State::Running.apply(Transition::Start), Err(Error::FailedPrecondition(_))));
         assert!(matches!(State::Deleted.apply(Transition::Start), Err(Error::NotFound(_))));
         assert!(matches!(State::Created.apply(Transition::Pause), Err(Error::FailedPrecondition(_))));
+    }
+
+    #[test]
+    fn signals_go_through_the_pidfd_and_stop_at_exit() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut p = Process::new(StdioPaths::default());
+        p.set_pid(child.id());
+        assert!(p.pidfd.is_some(), "pidfd_open failed (kernel < 5.3?)");
+        p.signal(0).unwrap();
+        p.signal(libc::SIGKILL).unwrap();
+        child.wait().unwrap(); // reaped: pidfd_send_signal now says ESRCH, never a recycled pid
+        assert_eq!(p.signal(0), Err(nix::errno::Errno::ESRCH));
+        p.transition(Transition::Exit { status: 137, at: SystemTime::now() }).unwrap();
+        assert!(p.pidfd.is_none());
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -17,8 +17,20 @@ use crate::error::{Error, Result};
 use crate::reaper::{Exit, Reaper};
 
 /// How long one runtime call may take before the shim kills it and reports DeadlineExceeded.
-/// Generous: `create` of a large image under load can take many seconds.
-const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Generous: `create` of a large image under load can take many seconds. The environment
+/// variable RUSTSHIM_RUNTIME_TIMEOUT_SECS (set in containerd's environment) overrides it.
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn call_timeout() -> Duration {
+    static T: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        std::env::var("RUSTSHIM_RUNTIME_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .map_or(DEFAULT_CALL_TIMEOUT, Duration::from_secs)
+    })
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -325,7 +337,7 @@ impl Runtime {
             let exit: Exit = exited.await.map_err(|_| Error::Other("reaper gone".into()))?;
             Ok::<_, Error>((exit, out, err))
         };
-        let (exit, out, err) = match tokio::time::timeout(CALL_TIMEOUT, work).await {
+        let (exit, out, err) = match tokio::time::timeout(call_timeout(), work).await {
             Ok(r) => r?,
             Err(_) => {
                 // SAFETY: the pid is our own child and has not been reaped (we never got its exit).
@@ -333,7 +345,7 @@ impl Runtime {
                 return Err(Error::DeadlineExceeded(format!(
                     "{} {verb} did not finish within {}s and was killed",
                     self.config.binary,
-                    CALL_TIMEOUT.as_secs()
+                    call_timeout().as_secs()
                 )));
             }
         };

@@ -141,8 +141,7 @@ fn criu_work_path(bundle: &Path, options: &ShimOptions) -> PathBuf {
 
 fn pid_namespace_is_shared(bundle: &Path) -> Result<bool> {
     let path = bundle.join("config.json");
-    let data = std::fs::read(&path)
-        .map_err(|e| Error::InvalidArgument(format!("read {}: {e}", path.display())))?;
+    let data = options::read_bundle_file(&path)?;
     let spec: oci_spec::runtime::Spec = serde_json::from_slice(&data)
         .map_err(|e| Error::InvalidArgument(format!("invalid {}: {e}", path.display())))?;
     let own = spec
@@ -233,6 +232,16 @@ impl Supervisor {
             let rootfs = bundle.join("rootfs");
             use std::os::unix::fs::DirBuilderExt as _;
             let _ = std::fs::DirBuilder::new().mode(0o711).create(&rootfs);
+            // Never mount through a symlink: it could point anywhere on the host.
+            match std::fs::symlink_metadata(&rootfs) {
+                Ok(m) if m.is_dir() => {}
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} is not a directory inside the bundle",
+                        rootfs.display()
+                    )))
+                }
+            }
             let specs: Vec<MountSpec> = req
                 .rootfs
                 .iter()
@@ -257,7 +266,7 @@ impl Supervisor {
         if restore.is_none() {
             match self.spawn_init(&req.id, bundle, &runtime, &req.options, &req.stdio, None).await {
                 Ok((pid, io)) => {
-                    init.pid = pid;
+                    init.set_pid(pid);
                     init.io = Some(Arc::new(io));
                 }
                 Err(e) => {
@@ -389,7 +398,7 @@ impl Supervisor {
                 let c = g.container(id)?;
                 match spawned {
                     Ok((pid, io)) => {
-                        c.init.pid = pid;
+                        c.init.set_pid(pid);
                         c.init.io = Some(Arc::new(io));
                         self.watch_cgroup(c);
                         if let Some((status, at)) = early_exit {
@@ -475,7 +484,7 @@ impl Supervisor {
         p.starting = false;
         match result {
             Ok((pid, io)) => {
-                p.pid = pid;
+                p.set_pid(pid);
                 p.io = Some(Arc::new(io));
                 let _ = p.transition(Transition::Start);
                 if let Some((status, at)) = early_exit {
@@ -635,7 +644,7 @@ impl Supervisor {
                 }
                 let sig = nix::sys::signal::Signal::try_from(signal as i32)
                     .map_err(|_| Error::InvalidArgument(format!("invalid signal {signal}")))?;
-                return match nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), sig) {
+                return match p.signal(sig as i32) {
                     Ok(()) => Ok(()),
                     Err(nix::errno::Errno::ESRCH) => {
                         Err(Error::NotFound(format!("process {} already finished", p.pid)))
