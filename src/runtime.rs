@@ -388,16 +388,24 @@ fn read_pid_file(path: &Path) -> Result<i32> {
         .map_err(|_| Error::Other(format!("pid file {} holds no pid: {s:?}", path.display())))
 }
 
-/// The last `"level":"error"` message in runc's JSON log.
+/// The `"level":"error"` messages this call appended to runc's JSON log, joined: the last one
+/// alone often hides the cause (e.g. "can't get final child's PID from pipe: EOF" after the
+/// nsexec line that says why).
 pub fn last_error_in_log(path: &Path, from: u64) -> Option<String> {
     let data = std::fs::read(path).ok()?;
     let data = data.get(from as usize..).unwrap_or_default();
-    String::from_utf8_lossy(data)
+    let msgs: Vec<String> = String::from_utf8_lossy(data)
         .lines()
-        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
-        .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
+        .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
+        .filter_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
+        .collect();
+    // Keep the message bounded: the first cause and the final error are what matter.
+    match msgs.len() {
+        0 => None,
+        1 | 2 => Some(msgs.join(": ")),
+        n => Some(format!("{}: ...: {}", msgs[0], msgs[n - 1])),
+    }
 }
 
 /// runc without --log prints logrus text; keep the msg of its last error line if there is one.
@@ -514,6 +522,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(last_error_in_log(&dir, 0).as_deref(), Some("exec: \"nope\": not found"));
+        let mut more = std::fs::read_to_string(&dir).unwrap();
+        let offset = more.len() as u64;
+        more.push_str("{\"level\":\"error\",\"msg\":\"nsexec: permission denied\"}\n{\"level\":\"error\",\"msg\":\"can't get final child's PID\"}\n");
+        std::fs::write(&dir, more).unwrap();
+        assert_eq!(
+            last_error_in_log(&dir, offset).as_deref(),
+            Some("nsexec: permission denied: can't get final child's PID")
+        );
         std::fs::remove_file(&dir).unwrap();
         assert_eq!(
             last_error_in_text("time=\"x\" level=error msg=\"container not running\"").as_deref(),
