@@ -313,12 +313,19 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
     };
     let opts = ShimOptions::load(&bundle);
     let root = PathBuf::from(opts.root()).join(&flags.namespace);
-    let out = Command::new(opts.binary())
+    // containerd runs `delete` after every normal teardown too; when the runtime's state
+    // directory is already gone (runc, crun and youki all keep one per container) there is
+    // nothing to delete, and skipping the call saves a runtime start per container.
+    let out = if !root.join(&flags.id).exists() {
+        Ok(std::process::Output { status: Default::default(), stdout: Vec::new(), stderr: Vec::new() })
+    } else {
+        Command::new(opts.binary())
         .arg("--root")
         .arg(&root)
         .args(["delete", "--force", &flags.id])
         .stdin(Stdio::null())
-        .output();
+        .output()
+    };
     match out {
         Ok(o) if !o.status.success() => {
             let msg = String::from_utf8_lossy(&o.stderr);

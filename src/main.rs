@@ -13,6 +13,7 @@ mod process;
 mod reaper;
 mod runtime;
 mod server;
+mod signals;
 mod stdio;
 mod supervisor;
 mod task_service;
@@ -74,7 +75,8 @@ fn serve(flags: &cli::Flags) -> ExitCode {
         log::error!("cannot become subreaper: {e}");
         return ExitCode::FAILURE;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // A shim watches a handful of fds: a small event buffer instead of tokio's 1024 entries.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().max_io_events_per_tick(64).build() {
         Ok(rt) => rt,
         Err(e) => {
             log::error!("cannot start runtime: {e}");

@@ -14,6 +14,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
+use crate::signals::SignalPipe;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
     pub pid: i32,
@@ -87,18 +89,12 @@ impl Reaper {
     }
 
     /// Run forever: reap on every SIGCHLD. Reaps once first, for children that exited before
-    /// the signal handler existed.
-    pub async fn run(self: Arc<Self>, sink: Arc<dyn ExitSink>) {
-        let mut sig = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot watch SIGCHLD: {e}");
-                return;
-            }
-        };
+    /// the signal pipe existed.
+    pub async fn run(self: Arc<Self>, mut sigchld: SignalPipe, sink: Arc<dyn ExitSink>) {
         loop {
             self.reap_all(sink.as_ref());
-            if sig.recv().await.is_none() {
+            if let Err(e) = sigchld.recv().await {
+                log::error!("SIGCHLD pipe failed: {e}");
                 return;
             }
         }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_shim_protos::shim_async::create_task;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::events::Publisher;
 use crate::reaper::{self, ExitSink, Reaper};
+use crate::signals::SignalPipe;
 use crate::supervisor::Supervisor;
 use crate::task_service::TaskService;
 
@@ -23,11 +23,14 @@ pub struct Config {
 
 /// Serve until Shutdown finds nothing left, or SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<(), String> {
+    // Before anything is spawned, so no SIGCHLD is missed.
+    let sigchld = SignalPipe::new(&[libc::SIGCHLD]).map_err(|e| format!("watch SIGCHLD: {e}"))?;
+    let mut term = SignalPipe::new(&[libc::SIGTERM, libc::SIGINT]).map_err(|e| format!("watch SIGTERM: {e}"))?;
     let reaper = Arc::new(Reaper::default());
     let (publisher, forwarder) = Publisher::new(cfg.ttrpc_address.clone(), cfg.namespace.clone());
     tokio::spawn(forwarder);
     let sup = Arc::new(Supervisor::new(publisher.clone(), reaper.clone(), cfg.namespace.clone()));
-    tokio::spawn(reaper.clone().run(sup.clone() as Arc<dyn ExitSink>));
+    tokio::spawn(reaper.clone().run(sigchld, sup.clone() as Arc<dyn ExitSink>));
 
     let service = Arc::new(TaskService::new(sup.clone()));
     let mut services = create_task(service.clone());
@@ -42,15 +45,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     server.start().await.map_err(|e| format!("start ttrpc server: {e}"))?;
     log::info!("serving on {}", cfg.socket_path.as_deref().unwrap_or("inherited socket"));
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     tokio::select! {
         _ = sup.shutdown.notified() => {}
-        _ = term.recv() => log::info!("SIGTERM: shutting down"),
-        _ = int.recv() => log::info!("SIGINT: shutting down"),
+        _ = term.recv() => log::info!("SIGTERM/SIGINT: shutting down"),
     }
     // Let the Shutdown reply go out, then deliver queued events before the socket disappears.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::task::yield_now().await;
     publisher.flush(Duration::from_secs(5)).await;
     if let Some(path) = &cfg.socket_path {
         let _ = std::fs::remove_file(path.strip_prefix("unix://").unwrap_or(path));

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use crate::error::{Error, Result};
 
@@ -103,16 +104,17 @@ impl Console {
             .map_err(|e| Error::io("resize pty", e.into()))
     }
 
-    /// Read some bytes; Ok(0) once the last slave fd is closed (the kernel says EIO).
-    pub async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| nix::unistd::read(fd.get_ref().as_fd(), buf).map_err(Into::into)) {
-                Ok(Ok(n)) => return Ok(n),
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
-            }
+    pub async fn readable(&self) -> std::io::Result<()> {
+        self.fd.readable().await.map(|mut g| g.retain_ready())
+    }
+
+    /// Read what is there; Ok(0) once the last slave fd is closed (the kernel says EIO),
+    /// WouldBlock (readiness cleared) when drained.
+    pub fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let r = self.fd.try_io(Interest::READABLE, |fd| nix::unistd::read(fd.as_fd(), buf).map_err(Into::into));
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
+            r => r,
         }
     }
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
@@ -253,10 +253,10 @@ impl PendingIo {
             if let Some((fifo, holder)) = self.stdin.take() {
                 *io.stdin_holder.get_mut().unwrap() = Some(holder);
                 let c = console.clone();
-                *io.stdin_copy.get_mut().unwrap() = Some(tokio::spawn(copy_to_console(fifo, c)));
+                *io.stdin_copy.get_mut().unwrap() = Some(tokio::spawn(copy(fifo, Dest::Console(c))));
             }
             if let Some(sink) = self.stdout.take() {
-                io.output_copies.get_mut().unwrap().push(tokio::spawn(copy_from_console(console.clone(), sink)));
+                io.output_copies.get_mut().unwrap().push(tokio::spawn(copy(console.clone(), Dest::Sink(sink))));
             }
             io.console = Some(console);
             return Ok(io);
@@ -264,13 +264,13 @@ impl PendingIo {
         let (stdin_w, stdout_r, stderr_r) = self.pipes;
         if let (Some((fifo, holder)), Some(w)) = (self.stdin.take(), stdin_w) {
             *io.stdin_holder.get_mut().unwrap() = Some(holder);
-            *io.stdin_copy.get_mut().unwrap() = Some(tokio::spawn(copy_stdin(fifo, w)));
+            *io.stdin_copy.get_mut().unwrap() = Some(tokio::spawn(copy(fifo, Dest::Pipe(w))));
         }
         if let (Some(r), Some(sink)) = (stdout_r, self.stdout.take()) {
-            io.output_copies.get_mut().unwrap().push(tokio::spawn(copy_out(r, sink)));
+            io.output_copies.get_mut().unwrap().push(tokio::spawn(copy(r, Dest::Sink(sink))));
         }
         if let (Some(r), Some(sink)) = (stderr_r, self.stderr.take()) {
-            io.output_copies.get_mut().unwrap().push(tokio::spawn(copy_out(r, sink)));
+            io.output_copies.get_mut().unwrap().push(tokio::spawn(copy(r, Dest::Sink(sink))));
         }
         Ok(io)
     }
@@ -323,49 +323,68 @@ impl Drop for ProcessIo {
 
 const BUF: usize = 32 * 1024;
 
-async fn copy_out(mut from: impl AsyncRead + Unpin, mut to: Sink) {
-    let mut buf = vec![0u8; BUF];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if let Err(e) = to.write_all(&buf[..n]).await {
-                    log::warn!("stdio copy: {e}");
-                    return;
-                }
-            }
+/// What a copy loop reads from: a pipe (FIFO or the container's pipe) or the pty master.
+trait Source {
+    async fn ready(&self) -> std::io::Result<()>;
+    /// Ok(0) at EOF; WouldBlock once drained (readiness cleared).
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+impl Source for pipe::Receiver {
+    async fn ready(&self) -> std::io::Result<()> {
+        self.readable().await
+    }
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        pipe::Receiver::try_read(self, buf)
+    }
+}
+
+impl Source for Arc<Console> {
+    async fn ready(&self) -> std::io::Result<()> {
+        self.readable().await
+    }
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Console::try_read(self, buf)
+    }
+}
+
+/// Where a copy loop writes.
+enum Dest {
+    Sink(Sink),
+    Pipe(pipe::Sender),
+    Console(Arc<Console>),
+}
+
+impl Dest {
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Dest::Sink(s) => s.write_all(buf).await,
+            Dest::Pipe(p) => p.write_all(buf).await,
+            Dest::Console(c) => c.write_all(buf).await,
         }
     }
 }
 
-async fn copy_stdin(mut from: pipe::Receiver, mut to: impl AsyncWrite + Unpin) {
-    let _ = tokio::io::copy(&mut from, &mut to).await;
-    // dropping `to` closes the container's stdin
-}
-
-async fn copy_to_console(mut from: pipe::Receiver, console: Arc<Console>) {
-    let mut buf = vec![0u8; BUF];
+/// Copy until EOF. The buffer exists only while data flows: an idle container's streams cost
+/// the shim no buffer memory. Dropping `to` at the end closes it (the container's stdin).
+async fn copy(from: impl Source, mut to: Dest) {
     loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if console.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
+        if from.ready().await.is_err() {
+            return;
         }
-    }
-}
-
-async fn copy_from_console(console: Arc<Console>, mut to: Sink) {
-    let mut buf = vec![0u8; BUF];
-    loop {
-        match console.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return;
+        let mut buf = vec![0u8; BUF];
+        loop {
+            match from.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if let Err(e) = to.write_all(&buf[..n]).await {
+                        log::warn!("stdio copy: {e}");
+                        return;
+                    }
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
             }
         }
     }
