@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # From a fresh Debian 12 machine (as root) to a working rustshim:
 #   1. install the missing system packages (containerd, runc, busybox-static, ...)
-#   2. cargo build --release
+#   2. scripts/build-release.sh (cargo build --release, as a non-PIE binary)
 #   3. install the shim as /usr/local/bin/containerd-shim-rustshim-v2
 #   4. demo: start a PRIVATE containerd in /tmp/rustshim-demo (own config and
 #      socket; the system containerd is not touched), import the busybox test
@@ -33,8 +33,8 @@ step "Rust toolchain"
 source scripts/cargo-env.sh
 cargo --version
 
-step "cargo build --release"
-cargo build --release
+step "release build (scripts/build-release.sh)"
+bash scripts/build-release.sh
 
 step "install /usr/local/bin/$BIN"
 install -m 0755 "target/release/$BIN" "/usr/local/bin/$BIN"
