@@ -376,6 +376,9 @@ pub struct Containerd {
     child: Option<Child>,
     /// Shim socket paths seen in bundles (removed at drop if left behind).
     seen_shim_sockets: Mutex<HashSet<PathBuf>>,
+    /// Extra environment for containerd (and so for the shims it starts),
+    /// kept across restarts; see [`Containerd::start_with_env`].
+    extra_env: Vec<(String, String)>,
 }
 
 impl Containerd {
@@ -383,6 +386,14 @@ impl Containerd {
     /// Returns None (after printing SKIPPED) only when prerequisites are
     /// missing and RUSTSHIM_ALLOW_SKIP=1; panics when they are missing otherwise.
     pub fn start(name: &str) -> Option<Containerd> {
+        Self::start_with_env(name, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables for
+    /// containerd. containerd passes its environment on to the shims it
+    /// starts, so this is how a test sets e.g. `RUSTSHIM_RUNTIME_TIMEOUT_SECS`
+    /// for the shim daemons. The variables survive [`restart`](Self::restart).
+    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Option<Containerd> {
         if let Err(reason) = prerequisites() {
             skip_or_fail(name, &reason);
             return None;
@@ -441,6 +452,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
             ns,
             child: None,
             seen_shim_sockets: Mutex::new(HashSet::new()),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         c.spawn_daemon();
         Some(c)
@@ -462,6 +477,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         cmd.arg("--config")
             .arg(self.dir.join("config.toml"))
             .env("PATH", path)
+            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
