@@ -31,6 +31,9 @@ echo "runtime under test: ${RUSTSHIM_TEST_RUNTIME:-io.containerd.rustshim.v2}"
 step "building (cargo build --all-targets)"
 cargo build --all-targets
 
+step "a second OCI runtime for the BinaryName tests (scripts/install-youki.sh)"
+bash scripts/install-youki.sh
+
 step "unit tests"
 rm -rf target/tmp/e2e-logs
 start=$(date +%s)

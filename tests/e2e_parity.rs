@@ -1866,3 +1866,54 @@ fn oom_event() {
     c.ctr_ok(&["task", "delete", id2]);
     c.ctr_ok(&["container", "delete", id2]);
 }
+
+/// BinaryName with a second OCI runtime that works on this host: youki, built by
+/// scripts/install-youki.sh (crun 1.8 refuses hybrid cgroups here). The options reach the shim
+/// as runtimeoptions.v1.Options{ConfigPath} with BinaryName and Root in the TOML.
+#[test]
+fn second_runtime_youki() {
+    let name = "second_runtime_youki";
+    if let Err(reason) = prerequisites() {
+        skip_or_fail(name, &reason);
+        return;
+    }
+    if !is_rustshim() {
+        documented_skip(name, "ctr 1.6 has no route for BinaryName to the Go shim besides --runc-binary (runc-only names)");
+        return;
+    }
+    let youki = PathBuf::from(
+        std::env::var("RUSTSHIM_YOUKI")
+            .unwrap_or_else(|_| "/var/cache/rustshim/youki/bin/youki".to_string()),
+    );
+    if !youki.exists() {
+        skip_or_fail(name, &format!("{} missing: run scripts/install-youki.sh", youki.display()));
+        return;
+    }
+    let scratch = Scratch::new();
+    let root = scratch.path("youki-root");
+    let opts = scratch.path("youki.toml");
+    fs::write(&opts, format!("BinaryName = \"{}\"\nRoot = \"{}\"\n", youki.display(), root.display())).unwrap();
+    let Some(c) = Containerd::start(name) else { return };
+    c.import_image();
+    let opts_s = opts.to_string_lossy().into_owned();
+    let o = c.run(
+        &["--runtime-config-path", &opts_s],
+        "y-run",
+        &["sh", "-c", "echo hello from youki; exit 5"],
+    );
+    assert_eq!(exit_code(&o.status), 5, "{}", describe(&o));
+    assert!(stdout(&o).contains("hello from youki"), "{}", describe(&o));
+
+    c.run_detached(&["--runtime-config-path", &opts_s], "y-det", &["sleep", "1000"]);
+    c.wait_status("y-det", "RUNNING", T);
+    // the container lives in youki's state root, not runc's
+    assert!(root.join(&c.ns).join("y-det").exists(), "no youki state for y-det under {}", root.display());
+    let e = c.exec(&[], "y-det", "e1", &["sh", "-c", "echo exec via youki; exit 3"]);
+    assert_eq!(exit_code(&e.status), 3, "{}", describe(&e));
+    assert!(stdout(&e).contains("exec via youki"), "{}", describe(&e));
+    c.ctr_ok(&["task", "kill", "-s", "KILL", "y-det"]);
+    c.wait_status("y-det", "STOPPED", T);
+    c.ctr_ok(&["task", "delete", "y-det"]);
+    c.ctr_ok(&["container", "delete", "y-det"]);
+    assert!(!root.join(&c.ns).join("y-det").exists(), "youki state left for y-det");
+}
