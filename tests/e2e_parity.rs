@@ -706,6 +706,13 @@ fn run_with_resource_limits() {
 // ---------------------------------------------------------------------------
 
 /// `ctr task ps` rows: (pid, info).
+/// Does a `ctr task ps` INFO cell name this exec? ctr 1.6 prints the decoded gogo struct
+/// (`&ProcessDetails{ExecID:e1,...}`), 1.7+ the protobuf text form (`exec_id:"e1"`).
+fn names_exec(info: &str, exec_id: &str) -> bool {
+    (info.contains("ProcessDetails") && info.contains(&format!("ExecID:{exec_id},")))
+        || info.contains(&format!("exec_id:\"{exec_id}\""))
+}
+
 fn ps_rows(c: &Containerd, id: &str) -> Vec<(u32, String)> {
     let out = c.ctr_ok(&["task", "ps", id]);
     out.lines()
@@ -750,7 +757,7 @@ fn pids_list_init_and_execs() {
             .find(|r| r.0 == *pid)
             .unwrap_or_else(|| panic!("exec {eid} pid {pid} missing: {rows:?}"));
         assert!(
-            row.1.contains("ProcessDetails") && row.1.contains(&format!("ExecID:{eid},")),
+            names_exec(&row.1, eid),
             "exec {eid}: INFO should be ProcessDetails with its exec id, got {:?}",
             row.1
         );
@@ -767,9 +774,10 @@ fn pids_list_init_and_execs() {
         }),
         "expected 5 processes: {rows:?}"
     );
-    assert!(rows
-        .iter()
-        .any(|r| r.0 == sh && r.1.contains("ExecID:psx3,")));
+    assert!(
+        rows.iter().any(|r| r.0 == sh && names_exec(&r.1, "psx3")),
+        "{rows:?}"
+    );
     assert_eq!(rows.iter().filter(|r| r.1 == "-").count(), 2, "{rows:?}");
 
     // a killed exec disappears from the list
