@@ -44,9 +44,9 @@ impl log::Log for ShimLogger {
         };
         let mut line = String::with_capacity(160);
         let msg = record.args().to_string();
-        let _ = write!(
+        let _ = writeln!(
             line,
-            "time=\"{}\" level={} msg={:?}{}\n",
+            "time=\"{}\" level={} msg={:?}{}",
             rfc3339(SystemTime::now()),
             level,
             msg,
