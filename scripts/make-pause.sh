@@ -25,8 +25,9 @@ fi
 OUT=$1
 NAME=${2:-localhost/rustshim/pause:1.0}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/oci-pack.sh
+source "$REPO/scripts/lib/oci-pack.sh"
 SRC=$REPO/deploy/pause/pause.c
-EPOCH=1700000000   # fixed mtime for every entry
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mkpause.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -51,45 +52,10 @@ if LC_ALL=C ldd "$bin" 2>/dev/null | grep -q '=>'; then
     exit 1
 fi
 
-# ---- layer -------------------------------------------------------------------
+# ---- rootfs and image -------------------------------------------------------------
 root=$work/rootfs
 mkdir -p "$root"
 chmod 0755 "$root"
 install -m 0755 "$bin" "$root/pause"
-layer=$work/layer.tar
-(cd "$root" && tar --sort=name --format=gnu --numeric-owner --owner=0 --group=0 \
-    --mtime="@$EPOCH" --no-acls --no-xattrs --no-selinux -cf "$layer" pause)
-
-blobs=$work/oci/blobs/sha256
-mkdir -p "$blobs"
-put_blob() { # file -> prints "digest size"; copies into blobs/
-    local f=$1 d s
-    d=$(sha256sum "$f" | cut -d' ' -f1)
-    s=$(stat -c %s "$f")
-    cp "$f" "$blobs/$d"
-    echo "$d $s"
-}
-read -r layer_digest layer_size < <(put_blob "$layer")
-
-# ---- config ------------------------------------------------------------------
-config=$work/config.json
-printf '%s' '{"architecture":"amd64","os":"linux","config":{"User":"65535:65535","Env":["PATH=/"],"Entrypoint":["/pause"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:'"$layer_digest"'"]},"history":[{"created":"2023-11-14T22:13:20Z","created_by":"rustshim scripts/make-pause.sh"}],"created":"2023-11-14T22:13:20Z"}' >"$config"
-read -r config_digest config_size < <(put_blob "$config")
-
-# ---- manifest ----------------------------------------------------------------
-manifest=$work/manifest.json
-printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:'"$config_digest"'","size":'"$config_size"'},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:'"$layer_digest"'","size":'"$layer_size"'}]}' >"$manifest"
-read -r manifest_digest manifest_size < <(put_blob "$manifest")
-
-# ---- index + layout ----------------------------------------------------------
-tag=${NAME##*:}
-[[ $tag == "$NAME" || $tag == */* ]] && tag=latest
-printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$work/oci/oci-layout"
-printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$manifest_digest"'","size":'"$manifest_size"',"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"'"$NAME"'","org.opencontainers.image.ref.name":"'"$tag"'"}}]}' >"$work/oci/index.json"
-touch -d "@$EPOCH" "$work/oci" "$work/oci/blobs" "$blobs" "$work/oci/oci-layout" "$work/oci/index.json" "$blobs"/*
-
-tmp_out="$OUT.tmp.$$"
-(cd "$work/oci" && tar --sort=name --format=gnu --numeric-owner --owner=0 --group=0 \
-    --mtime="@$EPOCH" --no-acls --no-xattrs --no-selinux -cf - oci-layout index.json blobs) >"$tmp_out"
-mv -f "$tmp_out" "$OUT"
-echo "make-pause.sh: wrote $OUT ($NAME, manifest sha256:$manifest_digest)" >&2
+oci_pack "$root" "$OUT" "$NAME" '{"User":"65535:65535","Env":["PATH=/"],"Entrypoint":["/pause"],"WorkingDir":"/"}' "rustshim scripts/make-pause.sh"
+echo "make-pause.sh: wrote $OUT ($NAME, manifest $OCI_MANIFEST_DIGEST)" >&2
