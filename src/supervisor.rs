@@ -101,19 +101,28 @@ impl ExitSink for Supervisor {
         };
         let c = g.containers.get_mut(&cid).unwrap();
         log::info!("container {cid} exec {eid:?} pid {pid} exited with status {}", exit.status);
-        let events = c.record_exit(&eid, exit.status, exit.at);
-        if eid.is_empty() {
-            persist_exit(&c.bundle, exit.status, exit.at);
-            if c.shared_pid_ns {
-                // Nothing else dies with init here: kill the rest, as the Go shim does.
-                let rt = c.runtime.clone();
-                tokio::spawn(async move {
-                    let _ = rt.kill(&cid, 9, true).await;
-                });
-            }
-        }
+        let events = if eid.is_empty() {
+            init_exited(c, exit.status, exit.at)
+        } else {
+            c.record_exit(&eid, exit.status, exit.at)
+        };
         events.into_iter().for_each(|e| self.publisher.publish(e));
     }
+}
+
+/// Init is gone: record it, keep it in the bundle for `delete`, and where the container shares
+/// the host's pid namespace (nothing else dies with init) kill the rest, as the Go shim does.
+/// Returns the TaskExit events now due.
+fn init_exited(c: &mut Container, status: u32, at: SystemTime) -> Vec<Event> {
+    let events = c.record_exit("", status, at);
+    persist_exit(&c.bundle, status, at);
+    if c.shared_pid_ns {
+        let (rt, id) = (c.runtime.clone(), c.id.clone());
+        tokio::spawn(async move {
+            let _ = rt.kill(&id, 9, true).await;
+        });
+    }
+    events
 }
 
 /// The init's exit, kept in the bundle so `delete` can report it after a shim crash.
@@ -188,8 +197,8 @@ impl Supervisor {
         };
         let pid = c.init.pid;
         if let Some((status, at)) = g.unmatched.remove(&pid) {
-            let _ = c.init.transition(Transition::Exit { status, at });
-            persist_exit(&c.bundle, status, at);
+            // Not announced yet: its TaskExit goes out after TaskCreate, below.
+            init_exited(&mut c, status, at);
         }
         g.end_inflight();
         c.init.announced = true;
@@ -400,11 +409,11 @@ impl Supervisor {
                     Ok((pid, io)) => {
                         c.init.set_pid(pid);
                         c.init.io = Some(Arc::new(io));
-                        self.watch_cgroup(c);
                         if let Some((status, at)) = early_exit {
-                            let _ = c.init.transition(Transition::Exit { status, at });
-                            persist_exit(&c.bundle, status, at);
+                            // Still starting: its TaskExit goes out after TaskStart, below.
+                            init_exited(c, status, at);
                         }
+                        self.watch_cgroup(c);
                         Ok(())
                     }
                     Err(e) => Err(e),
