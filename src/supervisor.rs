@@ -148,21 +148,25 @@ fn criu_work_path(bundle: &Path, options: &ShimOptions) -> PathBuf {
     }
 }
 
+/// Does the container share its pid namespace (no `pid` namespace of its own in config.json)?
+/// Read as plain JSON: runc validates the whole spec; the shim needs only this.
 fn pid_namespace_is_shared(bundle: &Path) -> Result<bool> {
     let path = bundle.join("config.json");
     let data = options::read_bundle_file(&path)?;
-    let spec: oci_spec::runtime::Spec = serde_json::from_slice(&data)
+    let spec: serde_json::Value = serde_json::from_slice(&data)
         .map_err(|e| Error::InvalidArgument(format!("invalid {}: {e}", path.display())))?;
+    if !spec.is_object() {
+        return Err(Error::InvalidArgument(format!("invalid {}: not a JSON object", path.display())));
+    }
     let own = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .map(|ns| {
+        .pointer("/linux/namespaces")
+        .and_then(|n| n.as_array())
+        .is_some_and(|ns| {
             ns.iter().any(|n| {
-                n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none()
+                n.get("type").and_then(|t| t.as_str()) == Some("pid")
+                    && n.get("path").and_then(|p| p.as_str()).is_none_or(str::is_empty)
             })
-        })
-        .unwrap_or(false);
+        });
     Ok(!own)
 }
 
@@ -782,5 +786,30 @@ impl Supervisor {
     pub fn is_empty(&self) -> bool {
         let g = self.lock();
         g.containers.is_empty() && g.creating.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_namespace_from_config_json() {
+        let dir = std::env::temp_dir().join(format!("rs-pidns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let case = |json: &str| {
+            std::fs::write(dir.join("config.json"), json).unwrap();
+            pid_namespace_is_shared(&dir)
+        };
+        assert!(!case(r#"{"linux":{"namespaces":[{"type":"mount"},{"type":"pid"}]}}"#).unwrap());
+        assert!(case(r#"{"linux":{"namespaces":[{"type":"pid","path":"/proc/1/ns/pid"}]}}"#).unwrap());
+        assert!(case(r#"{"linux":{"namespaces":[{"type":"network"}]}}"#).unwrap());
+        assert!(case(r#"{"process":{}}"#).unwrap());
+        let bad = case("{not json").unwrap_err();
+        assert!(matches!(&bad, Error::InvalidArgument(m) if m.contains("config.json")), "{bad}");
+        assert!(matches!(case("[1]"), Err(Error::InvalidArgument(_))));
+        std::fs::remove_file(dir.join("config.json")).unwrap();
+        assert!(matches!(pid_namespace_is_shared(&dir), Err(Error::InvalidArgument(m)) if m.contains("config.json")));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
