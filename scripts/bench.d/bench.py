@@ -900,7 +900,7 @@ def write_docs(R, rows, mi):
         f"- **Machine:** {machine}; {mi['os']}",
         f"- **containerd:** {mi['containerd']}",
         f"- **runc:** {mi['runc']}",
-        f"- **rustshim:** git {mi['git']}, {mi['rustc']}, release profile (opt-level s, fat LTO, panic=abort, strip)",
+        f"- **rustshim:** git {mi['git']}, {mi['rustc']}, release profile (opt-level s, fat LTO, panic=abort, strip), static non-PIE (scripts/build-release.sh)",
         f"- **Go shim:** `/usr/bin/containerd-shim-runc-v2` from the Debian containerd package",
         f"- **Run settings:** {N_IDLE} idle containers/runtime, {N_EXECS} execs, {N_RUNS} `ctr run --rm` samples, "
         f"{IDLE_SECS} s idle window, scale {N_SCALE if N_SCALE else 'skipped'} ×{PAR}; "
@@ -931,7 +931,7 @@ def write_docs(R, rows, mi):
         "```",
         "",
         "It installs what is missing (`containerd runc busybox-static` and build tools via apt), runs",
-        "`cargo build --release`, starts a private containerd in `/tmp/rsb.*` (own `config.toml`, root, state,",
+        "`scripts/build-release.sh`, starts a private containerd in `/tmp/rsb.*` (own `config.toml`, root, state,",
         "socket; CRI disabled) with `target/release` first on `PATH`, works in namespace `bench`, and at the",
         "end deletes every container, stops that containerd, kills any shim of it still alive and removes the",
         "temp dir. Other knobs: `BENCH_IDLE`, `BENCH_EXECS`, `BENCH_N`, `BENCH_IDLE_SECS`, `BENCH_PAR`,",
@@ -982,7 +982,7 @@ def main():
     if os.geteuid() != 0:
         sys.exit("bench.py must run as root")
     if not os.access(RUST_BIN, os.X_OK):
-        sys.exit(f"{RUST_BIN} missing: cargo build --release first")
+        sys.exit(f"{RUST_BIN} missing: scripts/build-release.sh first")
     go_bin = shutil.which("containerd-shim-runc-v2")
     if not go_bin:
         sys.exit("containerd-shim-runc-v2 not found")
