@@ -305,6 +305,17 @@ fn adjust_oom_score(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), (own + 1).min(1000).to_string());
 }
 
+/// The daemon died without removing its socket; remove it unless a live shim (another
+/// container of the same group may have started one) answers on it.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else { return };
+    let path = socket_path(address.trim());
+    if !path.starts_with('/') || UnixStream::connect(path).is_ok() {
+        return;
+    }
+    let _ = std::fs::remove_file(path);
+}
+
 /// `delete`: the daemon is gone; make sure the container is too, and report what we know.
 pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
     let bundle = match &flags.bundle {
@@ -339,6 +350,7 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
     if let Err(e) = mount::unmount_all(&bundle.join("rootfs")) {
         eprintln!("rustshim delete: unmount rootfs: {e}");
     }
+    remove_dead_socket(&bundle);
     let pid = std::fs::read_to_string(bundle.join("init.pid"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())

@@ -123,6 +123,25 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(format!("write {}", path.display()), e))
 }
 
+/// Open `path` without blocking and insist on a regular file: the shim serves every container
+/// from one thread, so a FIFO (or a device) named where a file belongs must be refused rather
+/// than block everything on its open or read.
+pub fn open_regular(opts: &mut std::fs::OpenOptions, path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = opts.custom_flags(libc::O_NONBLOCK).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(f)
+}
+
+fn read_regular_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    open_regular(std::fs::OpenOptions::new().read(true), path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Read a file of the bundle, refusing a symlink (which could point anywhere on the host).
 pub fn read_bundle_file(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read as _;
@@ -191,7 +210,7 @@ fn decode_runtimeoptions(value: &[u8]) -> Result<ShimOptions> {
     let text = if !body.is_empty() {
         body
     } else if !path.is_empty() {
-        std::fs::read_to_string(&path)
+        read_regular_file(Path::new(&path))
             .map_err(|e| Error::InvalidArgument(format!("runtime options ConfigPath {path:?}: {e}")))?
     } else {
         return Ok(ShimOptions::default());
@@ -356,6 +375,11 @@ mod tests {
         assert!(d.no_pivot_root);
         let missing = decode(Some(&any("runtimeoptions.v1.Options", wire(&[(2, "/nonexistent/x.toml")], &[]))));
         assert!(missing.unwrap_err().to_string().contains("/nonexistent/x.toml"));
+        // a FIFO where the TOML should be is refused at once instead of blocking the shim
+        let fifo = dir.join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = decode(Some(&any("runtimeoptions.v1.Options", wire(&[(2, fifo.to_str().unwrap())], &[])))).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

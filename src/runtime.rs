@@ -319,9 +319,9 @@ impl Runtime {
         let log_offset = log_json.and_then(|l| std::fs::metadata(l).ok()).map_or(0, |m| m.len());
         let spawned = self.reaper.spawn(&mut cmd);
         drop(cmd); // closes our copies of the child's ends, so the pipes see EOF
-        let (pid, exited) = spawned.map_err(|e| Error::Runtime {
-            verb,
-            message: format!("cannot run {:?}: {e}", self.config.binary),
+        // The binary comes from the runtime options: one that cannot be run is a bad argument.
+        let (pid, exited) = spawned.map_err(|e| {
+            Error::InvalidArgument(format!("runtime binary {:?} cannot be run: {e}", self.config.binary))
         })?;
         let work = async {
             if let (Some(w), Some(data)) = (stdin_writer, input) {

@@ -338,8 +338,14 @@ impl Supervisor {
             None => runtime.create(id, &opts, runtime_stdio).await,
         };
         let started = pid.and_then(|pid| Ok((pid as u32, io.start()?)));
-        if started.is_err() {
-            let _ = runtime.delete(id, true).await;
+        match &started {
+            // A runtime that hung once would hang the cleanup too: containerd's `delete` action
+            // retries it later.
+            Err(Error::DeadlineExceeded(_)) => {}
+            Err(_) => {
+                let _ = runtime.delete(id, true).await;
+            }
+            Ok(_) => {}
         }
         started
     }

@@ -126,13 +126,11 @@ impl Sink {
                         .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
                 }
                 use std::os::unix::fs::OpenOptionsExt as _;
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o644)
-                    .open(p)
+                let mut opts = std::fs::OpenOptions::new();
+                opts.append(true).create(true).mode(0o644);
+                crate::options::open_regular(&mut opts, p)
                     .map(|f| Some(Sink::File(f)))
-                    .map_err(|e| Error::io(format!("open {what} file {}", p.display()), e))
+                    .map_err(|e| Error::InvalidArgument(format!("{what} file {}: {e}", p.display())))
             }
         }
     }
