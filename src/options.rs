@@ -128,9 +128,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// than block everything on its open or read.
 pub fn open_regular(opts: &mut std::fs::OpenOptions, path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
+    let not_regular = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+    // Checked first too, so a FIFO gets this message rather than open's ENXIO.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_regular());
+    }
     let f = opts.custom_flags(libc::O_NONBLOCK).open(path)?;
     if !f.metadata()?.is_file() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+        return Err(not_regular());
     }
     Ok(f)
 }
