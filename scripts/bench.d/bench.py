@@ -361,6 +361,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         for mp in sorted(mounts, key=len, reverse=True):
             run(["umount", "-l", mp], check=False, timeout=30)
         shutil.rmtree(self.dir, ignore_errors=True)
+        # runc leaves the namespace's parent cgroup (/<NS>) in every hierarchy; remove it if empty
+        for ctrl in os.listdir("/sys/fs/cgroup"):
+            for d in (f"/sys/fs/cgroup/{ctrl}/{NS}", f"/sys/fs/cgroup/{NS}"):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
         # verify
         still = self.all_our_pids()
         if still:
