@@ -60,6 +60,9 @@ cleanup() {
     # mounts under the demo dir, deepest first
     grep -o " $DEMO[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
     rm -rf "$DEMO" "/run/containerd/runc/$NS"
+    # runc leaves the namespace's empty parent cgroup in each hierarchy
+    for d in /sys/fs/cgroup/*/"$NS" /sys/fs/cgroup/"$NS"; do [[ -d $d ]] && rmdir "$d" 2>/dev/null; done
+    return 0
 }
 trap cleanup EXIT
 
