@@ -870,6 +870,8 @@ impl CriContainerd {
                 );
             }
         }
+        // runc's per-namespace dir: removed only when empty (other users of k8s.io keep theirs)
+        let _ = fs::remove_dir(&root);
         // mounts under the temp dir (rootfs overlays, sandbox shm), deepest first
         for m in mounts_under(&self.dir) {
             let _ = run_with_timeout(
