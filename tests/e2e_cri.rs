@@ -11,6 +11,7 @@
 //! `io.kubernetes.cri.sandbox-id` annotation), which must exit after
 //! RemovePodSandbox. See tests/cri/mod.rs for the environment knobs.
 
+mod common;
 mod cri;
 
 use std::collections::HashMap;

@@ -20,14 +20,15 @@
 //! - `RUSTSHIM_KEEP_TMP=1`: keep the temp dir (logs, state) after the test.
 #![allow(dead_code)]
 
+pub use crate::common::{describe, pid_alive, send_signal, wait_until, which};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The shim binary cargo built for the integration tests.
 pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustshim-v2");
@@ -94,13 +95,6 @@ pub fn skip_or_fail(test: &str, reason: &str) {
     }
 }
 
-/// Looks an executable up in $PATH.
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -175,19 +169,6 @@ pub fn prerequisites() -> Result<(), String> {
 // small utilities
 // ---------------------------------------------------------------------------
 
-/// Polls `f` every 50 ms until it returns true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A short pseudo-random lowercase suffix (time, pid and a counter mixed).
 pub fn random_suffix(n: usize) -> String {
@@ -213,90 +194,15 @@ pub fn random_suffix(n: usize) -> String {
         .collect()
 }
 
-/// Runs a command with a timeout (SIGKILL on expiry; "TIMEOUT" appended to stderr).
-pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let out_rx = reader(child.stdout.take().unwrap());
-    let err_rx = reader(child.stderr.take().unwrap());
-    let deadline = Instant::now() + timeout;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().expect("wait after kill");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = out_rx
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap_or_default();
-    let mut stderr = err_rx
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap_or_default();
-    if timed_out {
-        stderr.extend_from_slice(format!("\nTIMEOUT after {timeout:?}: {cmd:?}\n").as_bytes());
-    }
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
 
-fn reader<R: Read + Send + 'static>(mut r: R) -> std::sync::mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        let _ = tx.send(buf);
-    });
-    rx
-}
 
-pub fn describe(out: &Output) -> String {
-    format!(
-        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 pub fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Sends a signal to one pid with the `kill` program.
-pub fn send_signal(pid: u32, signal: &str) -> bool {
-    Command::new("kill")
-        .arg("-s")
-        .arg(signal.trim_start_matches("SIG"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
-pub fn pid_alive(pid: u32) -> bool {
-    // a zombie still has /proc/<pid>; treat "Z" as gone
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
 
 // ---------------------------------------------------------------------------
 // containerd version and config
@@ -947,4 +853,9 @@ pub fn remove_cgroup_tree(parent: &str) {
             rm(&d);
         }
     }
+}
+
+/// A command with a timeout and no stdin (tests/common's runner).
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    crate::common::run_with_timeout(cmd, None, Duration::ZERO, timeout)
 }
