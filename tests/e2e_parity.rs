@@ -82,13 +82,6 @@ fn wait_exec_started(ev: &EventStream, cid: &str, exec_id: &str) -> u32 {
         .expect("exec-started without pid")
 }
 
-fn random_tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("{:x}{:x}", std::process::id(), nanos & 0xffffff)
-}
 
 /// A scratch directory outside the private containerd's (wrappers, TOML,
 /// runc roots that must exist before containerd starts). Removed on drop.
@@ -99,7 +92,7 @@ struct Scratch {
 impl Scratch {
     fn new() -> Scratch {
         for i in 0..100 {
-            let p = PathBuf::from(format!("/tmp/rsp-{}{i}", random_tag()));
+            let p = PathBuf::from(format!("/tmp/rsp-{}{i}", random_suffix(10)));
             if fs::create_dir(&p).is_ok() {
                 return Scratch { dir: p };
             }
@@ -1273,7 +1266,7 @@ fn shim_cgroup_via_runtime_config() {
         return;
     };
     c.import_image();
-    let cg = format!("rsp-shim-{}", random_tag());
+    let cg = format!("rsp-shim-{}", random_suffix(10));
     // create it where the shim will look: memory and pids (v1) or unified (v2)
     let mut made = Vec::new();
     for h in ["memory", "pids"] {

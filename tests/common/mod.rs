@@ -190,7 +190,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-fn random_suffix(n: usize) -> String {
+/// A short pseudo-random lowercase suffix (time, pid and a counter mixed), for unique names.
+pub fn random_suffix(n: usize) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

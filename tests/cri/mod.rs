@@ -20,7 +20,7 @@
 //! - `RUSTSHIM_KEEP_TMP=1`: keep the temp dir (logs, state) after the test.
 #![allow(dead_code)]
 
-pub use crate::common::{describe, pid_alive, send_signal, wait_until, which};
+pub use crate::common::{describe, pid_alive, random_suffix, send_signal, wait_until, which};
 use std::fs;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The shim binary cargo built for the integration tests.
 pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustshim-v2");
@@ -170,29 +170,6 @@ pub fn prerequisites() -> Result<(), String> {
 // ---------------------------------------------------------------------------
 
 
-/// A short pseudo-random lowercase suffix (time, pid and a counter mixed).
-pub fn random_suffix(n: usize) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    let mut x = nanos
-        ^ (std::process::id() as u64).rotate_left(32)
-        ^ COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    (0..n)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            ALPHA[(x.wrapping_mul(0x2545_F491_4F6C_DD1D) % ALPHA.len() as u64) as usize] as char
-        })
-        .collect()
-}
 
 
 
