@@ -38,7 +38,7 @@ step "unit tests"
 rm -rf target/tmp/e2e-logs
 start=$(date +%s)
 status=0
-cargo test --bins -- --test-threads=2 "$@" || status=$?
+cargo test --lib --bins -- --test-threads=2 "$@" || status=$?
 
 step "end-to-end tests on containerd 1.6, 1.7 and 2.1 (scripts/matrix.sh)"
 bash scripts/matrix.sh -- "$@" || status=$?

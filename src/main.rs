@@ -1,24 +1,8 @@
 //! containerd-shim-rustshim-v2: argv -> action.
 
-mod bootstrap;
-mod cgroups;
-mod cli;
-mod container;
-mod error;
-mod events;
-mod logger;
-mod mount;
-mod options;
-mod process;
-mod reaper;
-mod runtime;
-mod server;
-mod signals;
-mod stdio;
-mod supervisor;
-mod task_service;
-
 use std::process::ExitCode;
+
+use rustshim::{bootstrap, cli, logger, server};
 
 fn main() -> ExitCode {
     let flags = match cli::parse(std::env::args().skip(1)) {

@@ -1,0 +1,22 @@
+//! rustshim: a containerd runtime v2 shim (`io.containerd.rustshim.v2`).
+//!
+//! The library holds the whole shim so unit tests (and the end-to-end tests' helpers) can drive
+//! its parts through seams; `src/main.rs` only maps argv to an action.
+
+pub mod bootstrap;
+pub mod cgroups;
+pub mod cli;
+pub mod container;
+pub mod error;
+pub mod events;
+pub mod logger;
+pub mod mount;
+pub mod options;
+pub mod process;
+pub mod reaper;
+pub mod runtime;
+pub mod server;
+pub mod signals;
+pub mod stdio;
+pub mod supervisor;
+pub mod task_service;
