@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::events::timestamp;
 use crate::mount;
 use crate::options::{self, ShimOptions};
-use crate::supervisor::read_persisted_exit;
+use crate::bundle::read_persisted_exit;
 
 pub const SOCKET_DIR: &str = "/run/containerd/s";
 /// The daemon finds its listening socket here, as the Go shim passes it.
@@ -91,7 +91,7 @@ pub fn info() -> Result<Vec<u8>> {
 /// The group this container's shim serves: the explicit runc group annotation, else the CRI
 /// sandbox, else the container itself.
 pub fn group_id(bundle: &Path, id: &str) -> String {
-    let annotations = options::read_bundle_file(&bundle.join("config.json"))
+    let annotations = crate::bundle::read_bundle_file(&bundle.join("config.json"))
         .ok()
         .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
         .and_then(|v| v.get("annotations").cloned());
@@ -204,7 +204,7 @@ pub fn start(flags: &Flags) -> Result<Vec<u8>> {
     let group = group_id(&bundle, &flags.id);
     let address = socket_address_in(input.socket_dir(), &flags.address, &flags.namespace, &group);
     let Some(listener) = bind_socket(&address)? else {
-        options::write_atomic(&bundle.join("address"), address.as_bytes())?;
+        crate::bundle::write_atomic(&bundle.join("address"), address.as_bytes())?;
         return Ok(input.reply(&address));
     };
     let result = spawn_daemon(flags, &bundle, &address, listener, &opts);
@@ -212,7 +212,7 @@ pub fn start(flags: &Flags) -> Result<Vec<u8>> {
         let _ = std::fs::remove_file(socket_path(&address));
     }
     result?;
-    options::write_atomic(&bundle.join("address"), address.as_bytes())?;
+    crate::bundle::write_atomic(&bundle.join("address"), address.as_bytes())?;
     Ok(input.reply(&address))
 }
 
@@ -330,12 +330,20 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
     let out = if !root.join(&flags.id).exists() {
         Ok(std::process::Output { status: Default::default(), stdout: Vec::new(), stderr: Vec::new() })
     } else {
+        // The global flags of every runtime call (go-runc gives them to every verb): a wrapper
+        // runtime may require --log, and runc's errors then reach log.json.
+        let config = crate::runtime::RuntimeConfig {
+            binary: opts.binary().to_string(),
+            root,
+            systemd_cgroup: opts.systemd_cgroup,
+            criu_path: None,
+            log: bundle.join("log.json"),
+        };
         Command::new(opts.binary())
-        .arg("--root")
-        .arg(&root)
-        .args(["delete", "--force", &flags.id])
-        .stdin(Stdio::null())
-        .output()
+            .args(config.global_args())
+            .args(["delete", "--force", &flags.id])
+            .stdin(Stdio::null())
+            .output()
     };
     match out {
         Ok(o) if !o.status.success() => {
@@ -356,7 +364,11 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(0);
     // The real status when the daemon recorded it before dying; else what the Go shim says.
-    let (status, at) = read_persisted_exit(&bundle).unwrap_or((137, SystemTime::now()));
+    let kept = read_persisted_exit(&bundle).unwrap_or_else(|e| {
+        eprintln!("rustshim delete: {e}");
+        None
+    });
+    let (status, at) = kept.unwrap_or((137, SystemTime::now()));
     let resp = DeleteResponse { pid, exit_status: status, exited_at: timestamp(at), ..Default::default() };
     resp.write_to_bytes().map_err(|e| Error::Other(e.to_string()))
 }

@@ -1,34 +1,35 @@
 //! One container: its bundle, init and execs, and the rule for when their exits may be told.
 //!
 //! This module makes no system calls, so the ordering rules are unit-tested without root:
-//! - a process's TaskExit is queued only after the event that announced it (TaskCreate for init,
-//!   TaskExecStarted for an exec) and never while its start is still in flight;
-//! - init's TaskExit waits until every started exec's TaskExit is queued.
+//! - a process's TaskExit is queued only after the event that announced it, never while its
+//!   start is in flight (each process's [`Report`] says where it stands);
+//! - init's TaskExit waits until every exec that may still exit has had its TaskExit queued,
+//!   and (shared pid namespace) until the rest of the container was killed.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use containerd_shim_protos::events::task::TaskExit;
 
 use crate::cgroups::Cgroup;
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Event};
-use crate::process::{Process, Transition};
 use crate::options::ShimOptions;
-use crate::runtime::{CriuOpts, Runtime};
+use crate::process::{ExitInfo, Process, Report};
+use crate::runtime::{CriuOpts, OciRuntime};
 
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
     pub init: Process,
     pub execs: HashMap<String, Process>,
-    pub runtime: Arc<Runtime>,
+    pub runtime: Arc<dyn OciRuntime>,
     /// No new pid namespace: init's death does not kill the rest, so the shim must.
     pub shared_pid_ns: bool,
     /// Where we mounted the Create request's rootfs, to unmount on delete.
     pub mounted_rootfs: Option<PathBuf>,
+    /// A Delete of init is running: no exec may start, no second Delete.
     pub deleting: bool,
     pub options: ShimOptions,
     /// Set when Create named a checkpoint: Start restores from it instead of `runc start`.
@@ -36,6 +37,8 @@ pub struct Container {
     /// Init's cgroup, for Stats; found once init exists.
     pub cgroup: Option<Cgroup>,
     pub oom_watch: Option<tokio::task::AbortHandle>,
+    /// The kill of the rest of a shared pid namespace after init's exit, once started.
+    pub kill_rest: Option<tokio::task::AbortHandle>,
 }
 
 impl Container {
@@ -58,67 +61,77 @@ impl Container {
             .ok_or_else(|| Error::NotFound(format!("exec {exec_id:?} not found in container {id}")))
     }
 
-    /// The exec id ("" for init) of the live process with this pid.
+    /// The exec id ("" for init) of the process with this pid that has not exited yet.
     pub fn find_pid(&self, pid: u32) -> Option<String> {
         if pid == 0 {
             return None;
         }
-        if self.init.pid == pid && self.init.exit().is_none() {
+        if self.init.pid == pid && !self.init.has_exited() {
             return Some(String::new());
         }
         self.execs
             .iter()
-            .find(|(_, p)| p.pid == pid && p.exit().is_none())
+            .find(|(_, p)| p.pid == pid && !p.has_exited())
             .map(|(id, _)| id.clone())
     }
 
-    /// Record an exit and return the TaskExit events that may now be queued, in order.
-    pub fn record_exit(&mut self, exec_id: &str, status: u32, at: SystemTime) -> Vec<Event> {
+    /// The reaper saw this process exit.
+    pub fn record_exit(&mut self, exec_id: &str, exit: ExitInfo) {
+        let kill_rest = exec_id.is_empty() && self.shared_pid_ns;
         if let Ok(p) = self.process_mut(exec_id) {
-            if p.transition(Transition::Exit { status, at }).is_err() {
-                return Vec::new();
-            }
+            p.reaped(exit, kill_rest);
         }
-        self.publishable_exits()
     }
 
-    /// Every TaskExit whose turn has come: execs first, init last and only when no exec holds it.
-    pub fn publishable_exits(&mut self) -> Vec<Event> {
+    /// Every TaskExit whose turn has come, told now: execs first, init last and only when no
+    /// exec may still exit.
+    pub fn tellable_exits(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
-        let mut ids: Vec<&String> = self.execs.keys().collect();
-        ids.sort(); // deterministic order among execs that exited together
-        let ready: Vec<String> = ids
-            .into_iter()
-            .filter(|id| {
-                let p = &self.execs[*id];
-                p.exit_pending() && p.announced && !p.starting
-            })
-            .cloned()
+        let mut ids: Vec<String> = self
+            .execs
+            .iter()
+            .filter(|(_, p)| matches!(p.report, Report::Held(_)))
+            .map(|(id, _)| id.clone())
             .collect();
-        for id in ready {
+        ids.sort(); // deterministic order among execs that exited together
+        for id in ids {
             let p = self.execs.get_mut(&id).unwrap();
-            p.exit_published = true;
-            out.push(exit_event(&self.id, &id, p));
+            if let Some(e) = p.tell_exit() {
+                out.push(exit_event(&self.id, &id, p.pid, e));
+            }
         }
-        let init = &self.init;
-        if init.exit_pending()
-            && init.announced
-            && !init.starting
-            && !self.execs.values().any(Process::holds_init_exit)
-        {
-            self.init.exit_published = true;
-            out.push(exit_event(&self.id, &self.id, &self.init));
+        if matches!(self.init.report, Report::Held(_)) && !self.execs.values().any(|p| p.report.holds_init_exit()) {
+            if let Some(e) = self.init.tell_exit() {
+                out.push(exit_event(&self.id, &self.id, self.init.pid, e));
+            }
+        }
+        out
+    }
+
+    /// Delete: every exit seen and not yet told goes out now, execs first, whatever still holds
+    /// it; a TaskExit must never be lost behind a TaskDelete.
+    pub fn all_pending_exits(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        let mut ids: Vec<String> = self.execs.keys().cloned().collect();
+        ids.sort();
+        for id in ids {
+            let p = self.execs.get_mut(&id).unwrap();
+            if let Some(e) = p.tell_exit() {
+                out.push(exit_event(&self.id, &id, p.pid, e));
+            }
+        }
+        if let Some(e) = self.init.tell_exit() {
+            out.push(exit_event(&self.id, &self.id, self.init.pid, e));
         }
         out
     }
 }
 
-fn exit_event(container_id: &str, id: &str, p: &Process) -> Event {
-    let (status, at) = p.exit().unwrap_or((0, SystemTime::now()));
+fn exit_event(container_id: &str, id: &str, pid: u32, (status, at): ExitInfo) -> Event {
     Event::Exit(TaskExit {
         container_id: container_id.to_string(),
         id: id.to_string(),
-        pid: p.pid,
+        pid,
         exit_status: status,
         exited_at: timestamp(at),
         ..Default::default()
@@ -127,24 +140,38 @@ fn exit_event(container_id: &str, id: &str, p: &Process) -> Event {
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
-    use crate::reaper::Reaper;
-    use crate::runtime::RuntimeConfig;
+    use crate::process::Transition;
     use crate::stdio::StdioPaths;
+
+    struct NoRuntime;
+    #[async_trait::async_trait]
+    impl OciRuntime for NoRuntime {
+        async fn create(&self, _: &crate::call::Call, _: &str, _: &crate::runtime::CreateOpts<'_>, _: crate::runtime::ProcessStdio) -> Result<i32> { unreachable!() }
+        async fn restore(&self, _: &crate::call::Call, _: &str, _: &crate::runtime::CreateOpts<'_>, _: &CriuOpts, _: crate::runtime::ProcessStdio) -> Result<i32> { unreachable!() }
+        async fn start(&self, _: &crate::call::Call, _: &str) -> Result<()> { unreachable!() }
+        async fn exec(&self, _: &crate::call::Call, _: &str, _: &crate::runtime::ExecOpts<'_>, _: crate::runtime::ProcessStdio) -> Result<i32> { unreachable!() }
+        async fn kill(&self, _: &crate::call::Call, _: &str, _: u32, _: bool) -> Result<()> { unreachable!() }
+        async fn delete(&self, _: &crate::call::Call, _: &str, _: bool) -> Result<()> { unreachable!() }
+        async fn pause(&self, _: &crate::call::Call, _: &str) -> Result<()> { unreachable!() }
+        async fn resume(&self, _: &crate::call::Call, _: &str) -> Result<()> { unreachable!() }
+        async fn ps(&self, _: &crate::call::Call, _: &str) -> Result<Vec<u32>> { unreachable!() }
+        async fn update(&self, _: &crate::call::Call, _: &str, _: Vec<u8>) -> Result<()> { unreachable!() }
+        async fn checkpoint(&self, _: &crate::call::Call, _: &str, _: &CriuOpts, _: bool) -> Result<()> { unreachable!() }
+    }
 
     fn container() -> Container {
         let mut init = Process::new(StdioPaths::default());
         init.pid = 100;
-        init.announced = true; // TaskCreate queued
+        init.report = Report::Announced; // TaskCreate queued
         Container {
             id: "c1".into(),
             bundle: "/b".into(),
             init,
             execs: HashMap::new(),
-            runtime: Arc::new(Runtime::new(
-                RuntimeConfig { binary: "runc".into(), root: "/r".into(), systemd_cgroup: false, criu_path: None },
-                Arc::new(Reaper::default()),
-            )),
+            runtime: Arc::new(NoRuntime),
             shared_pid_ns: false,
             mounted_rootfs: None,
             deleting: false,
@@ -152,7 +179,18 @@ mod tests {
             restore: None,
             cgroup: None,
             oom_watch: None,
+            kill_rest: None,
         }
+    }
+
+    fn exec(report: Report, pid: u32) -> Process {
+        let mut e = Process::new(StdioPaths::default());
+        e.pid = pid;
+        e.report = report;
+        if report != Report::Unannounced {
+            e.transition(Transition::Start).unwrap();
+        }
+        e
     }
 
     fn exit_ids(ev: &[Event]) -> Vec<String> {
@@ -164,66 +202,78 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn init_exit_during_start_waits_for_start_event() {
-        let mut c = container();
-        c.init.starting = true; // runc start in flight
-        let ev = c.record_exit("", 0, SystemTime::now());
-        assert!(ev.is_empty(), "TaskExit must not precede TaskStart");
-        // start finished: the start event is queued, then pending exits
-        c.init.transition(Transition::Start).ok();
-        c.init.starting = false;
-        assert_eq!(exit_ids(&c.publishable_exits()), ["c1"]);
-        assert!(c.publishable_exits().is_empty(), "an exit is told once");
+    fn now() -> ExitInfo {
+        (0, SystemTime::now())
     }
 
     #[test]
-    fn exec_exit_before_its_pid_is_known_waits_for_exec_started() {
+    fn init_exit_during_start_waits_for_start_event() {
         let mut c = container();
-        let mut e = Process::new(StdioPaths::default());
-        e.starting = true;
-        c.execs.insert("e1".into(), e);
-        // pid read from the pid file, exit already seen: recorded while still starting
-        c.execs.get_mut("e1").unwrap().pid = 200;
-        assert!(c.record_exit("e1", 0, SystemTime::now()).is_empty());
-        let e = c.execs.get_mut("e1").unwrap();
-        e.starting = false;
-        e.announced = true; // TaskExecStarted queued
-        assert_eq!(exit_ids(&c.publishable_exits()), ["e1"]);
+        c.init.report = c.init.report.begin_start().unwrap(); // runc start in flight
+        c.record_exit("", now());
+        assert!(c.tellable_exits().is_empty(), "TaskExit must not precede TaskStart");
+        assert_eq!(c.init.state(), crate::process::State::Created, "State must not say stopped yet");
+        // start finished: the start event is queued, then pending exits
+        c.init.report = c.init.report.end_start(true, true, false);
+        assert_eq!(exit_ids(&c.tellable_exits()), ["c1"]);
+        assert!(c.tellable_exits().is_empty(), "an exit is told once");
     }
 
     #[test]
     fn init_exit_after_exec_exits() {
         let mut c = container();
         c.init.transition(Transition::Start).unwrap();
-        for (id, pid) in [("a", 201), ("b", 202)] {
-            let mut e = Process::new(StdioPaths::default());
-            e.pid = pid;
-            e.announced = true;
-            e.transition(Transition::Start).unwrap();
-            c.execs.insert(id.into(), e);
-        }
+        c.execs.insert("a".into(), exec(Report::Announced, 201));
+        c.execs.insert("b".into(), exec(Report::Announced, 202));
+        c.execs.insert("never".into(), exec(Report::Unannounced, 0));
         assert_eq!(c.find_pid(100).as_deref(), Some(""));
         assert_eq!(c.find_pid(202).as_deref(), Some("b"));
-        assert!(c.record_exit("", 137, SystemTime::now()).is_empty(), "execs still running");
-        assert_eq!(exit_ids(&c.record_exit("b", 137, SystemTime::now())), ["b"]);
-        assert_eq!(exit_ids(&c.record_exit("a", 137, SystemTime::now())), ["a", "c1"]);
-        assert!(!c.execs.values().any(Process::holds_init_exit));
+        c.record_exit("", (137, SystemTime::now()));
+        assert!(c.tellable_exits().is_empty(), "execs still running");
+        assert_eq!(c.init.state(), crate::process::State::Running, "init reads running until told");
+        assert_eq!(c.find_pid(100), None, "an exited pid is not matched again");
+        c.record_exit("b", now());
+        assert_eq!(exit_ids(&c.tellable_exits()), ["b"]);
+        c.record_exit("a", now());
+        assert_eq!(exit_ids(&c.tellable_exits()), ["a", "c1"]);
     }
 
     #[test]
     fn exec_start_in_flight_holds_init_exit() {
         let mut c = container();
         c.init.transition(Transition::Start).unwrap();
-        let mut e = Process::new(StdioPaths::default());
-        e.starting = true;
-        c.execs.insert("e1".into(), e);
-        assert!(c.record_exit("", 0, SystemTime::now()).is_empty());
+        c.execs.insert("e1".into(), exec(Report::Starting, 0));
+        c.record_exit("", now());
+        assert!(c.tellable_exits().is_empty());
         // the exec failed to start: it never gets an exit event, and init's exit goes out
-        let e = c.execs.get_mut("e1").unwrap();
-        e.starting = false;
-        e.exit_published = true;
-        assert_eq!(exit_ids(&c.publishable_exits()), ["c1"]);
+        c.execs.get_mut("e1").unwrap().fail_start(false);
+        assert_eq!(exit_ids(&c.tellable_exits()), ["c1"]);
+    }
+
+    #[test]
+    fn shared_pid_namespace_init_waits_for_the_kill_of_the_rest() {
+        let mut c = container();
+        c.shared_pid_ns = true;
+        c.init.transition(Transition::Start).unwrap();
+        c.record_exit("", now());
+        assert!(matches!(c.init.report, Report::KillingRest(_)));
+        assert!(c.tellable_exits().is_empty(), "reported only after the rest was killed");
+        c.init.report = c.init.report.rest_killed();
+        assert_eq!(exit_ids(&c.tellable_exits()), ["c1"]);
+    }
+
+    #[test]
+    fn delete_tells_every_pending_exit_execs_first() {
+        let mut c = container();
+        c.shared_pid_ns = true;
+        c.init.transition(Transition::Start).unwrap();
+        c.execs.insert("e1".into(), exec(Report::Announced, 201));
+        c.execs.insert("e0".into(), exec(Report::Starting, 0));
+        c.record_exit("", now());
+        c.record_exit("e0", now()); // cannot happen with pid 0, but a held exit of a start
+        c.execs.get_mut("e0").unwrap().report = Report::StartingExited(now());
+        assert!(c.tellable_exits().is_empty());
+        assert_eq!(exit_ids(&c.all_pending_exits()), ["e0", "c1"], "e1 never exited: nothing to tell");
     }
 
     #[test]

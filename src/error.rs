@@ -16,6 +16,9 @@ pub enum Error {
     Unimplemented(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The caller went away (its connection closed, or it gave up) before the work finished.
+    #[error("{0}")]
+    Cancelled(String),
     /// The OCI runtime refused or failed; the message is runc's own error text.
     #[error("{verb}: {message}")]
     Runtime { verb: &'static str, message: String },
@@ -44,10 +47,16 @@ impl Error {
             Error::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
-            Error::Runtime { message, .. } if runtime_says_gone(message) => Code::NOT_FOUND,
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::Cancelled(_) => Code::CANCELLED,
+            // Only where "gone" is an answer containerd expects (Kill and Delete of a process
+            // that already exited): `executable file not found` at create or exec must not read
+            // as NotFound, which containerd takes for "already gone".
+            Error::Runtime { verb: "kill" | "delete" | "state", message } if runtime_says_gone(message) => {
                 Code::NOT_FOUND
             }
+            // A path the request named (bundle, FIFO, log file) that does not exist is a bad
+            // argument, not a process that is gone.
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Code::INVALID_ARGUMENT,
             _ => Code::UNKNOWN,
         }
     }
@@ -86,5 +95,12 @@ mod tests {
         assert_eq!(gone.code(), Code::NOT_FOUND);
         let other = Error::Runtime { verb: "create", message: "exec format error".into() };
         assert_eq!(other.code(), Code::UNKNOWN);
+        for verb in ["create", "exec", "start"] {
+            let e = Error::Runtime { verb, message: "exec: \"nope\": executable file not found in $PATH".into() };
+            assert_eq!(e.code(), Code::UNKNOWN, "{verb}: not found is not 'gone'");
+        }
+        let gone = Error::Runtime { verb: "delete", message: "container does not exist".into() };
+        assert_eq!(gone.code(), Code::NOT_FOUND);
+        assert_eq!(Error::Cancelled("x".into()).code(), Code::CANCELLED);
     }
 }

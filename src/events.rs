@@ -16,6 +16,20 @@ use containerd_shim_protos::shim_async::EventsClient;
 use tokio::sync::{mpsc, oneshot};
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a shim that is shutting down keeps trying to deliver its queued events. containerd
+/// 1.7 and 2.x delete stopped tasks (and so end their shims) while they restart, and serve
+/// their events endpoint only after that, which on a busy node can take tens of seconds: the
+/// TaskExit queued while containerd was away must still reach it. RUSTSHIM_EVENT_FLUSH_SECS in
+/// containerd's environment overrides the default.
+const DEFAULT_FLUSH_WINDOW: Duration = Duration::from_secs(60);
+
+pub fn flush_window() -> Duration {
+    std::env::var("RUSTSHIM_EVENT_FLUSH_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(DEFAULT_FLUSH_WINDOW, Duration::from_secs)
+}
 /// After this many failed attempts an event is dropped, so a containerd that never returns
 /// cannot grow the queue forever (about 10 minutes at the capped backoff).
 const MAX_ATTEMPTS: u32 = 120;
@@ -78,7 +92,9 @@ pub fn timestamp(t: SystemTime) -> MessageField<Timestamp> {
 }
 
 enum Msg {
-    Event(Event),
+    /// The event and when it happened: containerd orders and reports by the envelope's time,
+    /// which must not be the time a retry finally got through.
+    Event(Event, SystemTime),
     Flush(oneshot::Sender<()>),
 }
 
@@ -106,7 +122,7 @@ impl Publisher {
         std::thread::spawn(move || {
             while let Some(m) = rx.blocking_recv() {
                 match m {
-                    Msg::Event(e) => {
+                    Msg::Event(e, _) => {
                         let _ = etx.send(e);
                     }
                     Msg::Flush(done) => {
@@ -120,23 +136,25 @@ impl Publisher {
 
     pub fn publish(&self, event: Event) {
         log::debug!("event {}", event.topic());
-        let _ = self.tx.send(Msg::Event(event));
+        let _ = self.tx.send(Msg::Event(event, SystemTime::now()));
     }
 
     /// Wait until every event queued so far was forwarded (or dropped), at most `limit`.
-    pub async fn flush(&self, limit: Duration) {
+    /// False if the limit passed first.
+    pub async fn flush(&self, limit: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).is_ok() {
-            let _ = tokio::time::timeout(limit, rx).await;
+        if self.tx.send(Msg::Flush(tx)).is_err() {
+            return true;
         }
+        tokio::time::timeout(limit, rx).await.is_ok()
     }
 }
 
 async fn forward_loop(mut rx: mpsc::UnboundedReceiver<Msg>, address: String, namespace: String) {
     let mut client: Option<EventsClient> = None;
     while let Some(msg) = rx.recv().await {
-        let event = match msg {
-            Msg::Event(e) => e,
+        let (event, at) = match msg {
+            Msg::Event(e, at) => (e, at),
             Msg::Flush(done) => {
                 let _ = done.send(());
                 continue;
@@ -144,7 +162,7 @@ async fn forward_loop(mut rx: mpsc::UnboundedReceiver<Msg>, address: String, nam
         };
         let mut req = ForwardRequest::new();
         let mut env = Envelope::new();
-        env.timestamp = timestamp(SystemTime::now());
+        env.timestamp = timestamp(at);
         env.namespace = namespace.clone();
         env.topic = event.topic().to_string();
         env.event = MessageField::some(event.to_any());

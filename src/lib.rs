@@ -4,6 +4,8 @@
 //! its parts through seams; `src/main.rs` only maps argv to an action.
 
 pub mod bootstrap;
+pub mod bundle;
+pub mod call;
 pub mod cgroups;
 pub mod cli;
 pub mod container;
@@ -20,3 +22,8 @@ pub mod signals;
 pub mod stdio;
 pub mod supervisor;
 pub mod task_service;
+
+/// A pid above the kernel's PID_MAX_LIMIT (4194304): no process ever has it. Tests use it (and
+/// neighbours) for processes that must read as gone.
+#[doc(hidden)]
+pub const PID_NEVER_USED: u32 = 5_000_000;

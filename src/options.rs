@@ -9,6 +9,7 @@ use containerd_shim_protos::protobuf::{Message, UnknownValueRef};
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
 use serde_json::json;
 
+use crate::bundle::{open_regular, write_atomic};
 use crate::error::{Error, Result};
 
 pub const DEFAULT_BINARY: &str = "runc";
@@ -104,64 +105,11 @@ impl ShimOptions {
     }
 }
 
-/// Write a bundle file through a fresh temporary and a rename. The temporary is created with
-/// O_EXCL|O_NOFOLLOW and rename replaces a symlink rather than following it, so a link planted in
-/// the bundle can never redirect a write outside it.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(data))
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| Error::io(format!("write {}", path.display()), e))
-}
-
-/// Open `path` without blocking and insist on a regular file: the shim serves every container
-/// from one thread, so a FIFO (or a device) named where a file belongs must be refused rather
-/// than block everything on its open or read.
-pub fn open_regular(opts: &mut std::fs::OpenOptions, path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let not_regular = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
-    // Checked first too, so a FIFO gets this message rather than open's ENXIO.
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-        return Err(not_regular());
-    }
-    let f = opts.custom_flags(libc::O_NONBLOCK).open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(not_regular());
-    }
-    Ok(f)
-}
-
 fn read_regular_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;
     let mut text = String::new();
     open_regular(std::fs::OpenOptions::new().read(true), path)?.read_to_string(&mut text)?;
     Ok(text)
-}
-
-/// Read a file of the bundle, refusing a symlink (which could point anywhere on the host).
-pub fn read_bundle_file(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut data = Vec::new();
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => Error::InvalidArgument(format!("{} is a symlink: refused", path.display())),
-            _ => Error::InvalidArgument(format!("read {}: {e}", path.display())),
-        })?;
-    Ok(data)
 }
 
 /// A type URL without the `type.googleapis.com/` style prefix some clients add.
@@ -409,23 +357,6 @@ mod tests {
         // runc Options with the reserved criu_path field 8
         let d = decode(Some(&any("containerd.runc.v1.Options", wire(&[(8, "/usr/sbin/criu"), (6, "crun")], &[])))).unwrap();
         assert_eq!((d.criu_path.as_str(), d.binary()), ("/usr/sbin/criu", "crun"));
-    }
-
-    #[test]
-    fn bundle_files_never_follow_symlinks() {
-        let dir = std::env::temp_dir().join(format!("rs-symlink-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let outside = dir.join("outside");
-        std::fs::write(&outside, "keep").unwrap();
-        let link = dir.join("options.json");
-        std::os::unix::fs::symlink(&outside, &link).unwrap();
-        std::os::unix::fs::symlink(&outside, dir.join("options.tmp")).unwrap();
-        assert!(matches!(read_bundle_file(&link), Err(Error::InvalidArgument(m)) if m.contains("symlink")));
-        write_atomic(&link, b"new").unwrap();
-        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
-        assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
-        assert_eq!(read_bundle_file(&link).unwrap(), b"new");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

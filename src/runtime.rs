@@ -1,6 +1,10 @@
 //! A typed client for the OCI runtime binary (runc by default; crun and youki speak the same
-//! command line). Every invocation goes through the reaper, so its exit status is never stolen,
-//! and is bounded by a timeout so a hung runtime cannot hang the shim.
+//! command line), behind the [`OciRuntime`] trait: the seam the supervisor's unit tests fake.
+//!
+//! Every invocation goes through the reaper, so its exit status is never stolen; it carries the
+//! global flags go-runc gives every verb (`--root`, `--log`, `--log-format json`,
+//! `--systemd-cgroup`, `--criu`); and it is bounded by the caller's deadline (less a margin) and
+//! by a timeout of its own. A call whose caller went away, or whose time ran out, kills the child.
 
 use std::ffi::OsString;
 use std::io::Read as _;
@@ -9,12 +13,14 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use tokio::io::AsyncReadExt as _;
 
+use crate::call::Call;
 use crate::error::{Error, Result};
-use crate::reaper::{Exit, Reaper};
+use crate::reaper::Reaper;
 
 /// How long one runtime call may take before the shim kills it and reports DeadlineExceeded.
 /// Generous: `create` of a large image under load can take many seconds. The environment
@@ -39,11 +45,60 @@ pub struct RuntimeConfig {
     pub root: PathBuf,
     pub systemd_cgroup: bool,
     pub criu_path: Option<String>,
+    /// runc's JSON log (`<bundle>/log.json`): every verb writes its errors there.
+    pub log: PathBuf,
 }
 
-pub struct Runtime {
+impl RuntimeConfig {
+    /// Global flags first, as runc wants them before the verb; the same for every verb.
+    pub fn global_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["--root".into(), self.root.clone().into()];
+        a.extend(["--log".into(), self.log.clone().into(), "--log-format".into(), "json".into()]);
+        if self.systemd_cgroup {
+            a.push("--systemd-cgroup".into());
+        }
+        if let Some(criu) = &self.criu_path {
+            a.extend(["--criu".into(), criu.into()]);
+        }
+        a
+    }
+}
+
+/// What the supervisor needs of an OCI runtime. Every method takes the [`Call`] it runs for:
+/// its deadline bounds the child, and its cancellation kills it.
+#[async_trait]
+pub trait OciRuntime: Send + Sync {
+    async fn create(&self, call: &Call, id: &str, o: &CreateOpts<'_>, stdio: ProcessStdio) -> Result<i32>;
+    async fn restore(&self, call: &Call, id: &str, o: &CreateOpts<'_>, criu: &CriuOpts, stdio: ProcessStdio) -> Result<i32>;
+    async fn start(&self, call: &Call, id: &str) -> Result<()>;
+    async fn exec(&self, call: &Call, id: &str, o: &ExecOpts<'_>, stdio: ProcessStdio) -> Result<i32>;
+    async fn kill(&self, call: &Call, id: &str, signal: u32, all: bool) -> Result<()>;
+    /// "does not exist" is success: delete is idempotent.
+    async fn delete(&self, call: &Call, id: &str, force: bool) -> Result<()>;
+    async fn pause(&self, call: &Call, id: &str) -> Result<()>;
+    async fn resume(&self, call: &Call, id: &str) -> Result<()>;
+    async fn ps(&self, call: &Call, id: &str) -> Result<Vec<u32>>;
+    async fn update(&self, call: &Call, id: &str, resources_json: Vec<u8>) -> Result<()>;
+    async fn checkpoint(&self, call: &Call, id: &str, criu: &CriuOpts, leave_running: bool) -> Result<()>;
+}
+
+/// Makes the runtime of each container from its options.
+pub trait RuntimeFactory: Send + Sync {
+    fn runtime(&self, config: RuntimeConfig) -> Arc<dyn OciRuntime>;
+}
+
+/// The real one: run the binary.
+pub struct Runc {
     pub config: RuntimeConfig,
     reaper: Arc<Reaper>,
+}
+
+pub struct RuncFactory(pub Arc<Reaper>);
+
+impl RuntimeFactory for RuncFactory {
+    fn runtime(&self, config: RuntimeConfig) -> Arc<dyn OciRuntime> {
+        Arc::new(Runc::new(config, self.0.clone()))
+    }
 }
 
 /// The stdio a runtime's `create`/`exec` hands to the container process (non-terminal mode).
@@ -113,28 +168,13 @@ fn to_stdio(fd: Option<OwnedFd>) -> Stdio {
     fd.map(Stdio::from).unwrap_or_else(Stdio::null)
 }
 
-impl Runtime {
+impl Runc {
     pub fn new(config: RuntimeConfig, reaper: Arc<Reaper>) -> Self {
-        Runtime { config, reaper }
-    }
-
-    /// Global flags first, as runc wants them before the verb.
-    pub fn global_args(&self, log_json: Option<&Path>) -> Vec<OsString> {
-        let mut a: Vec<OsString> = vec!["--root".into(), self.config.root.clone().into()];
-        if let Some(log) = log_json {
-            a.extend(["--log".into(), log.into(), "--log-format".into(), "json".into()]);
-        }
-        if self.config.systemd_cgroup {
-            a.push("--systemd-cgroup".into());
-        }
-        if let Some(criu) = &self.config.criu_path {
-            a.extend(["--criu".into(), criu.into()]);
-        }
-        a
+        Runc { config, reaper }
     }
 
     pub fn create_args(&self, id: &str, o: &CreateOpts) -> Vec<OsString> {
-        let mut a = self.global_args(Some(&o.bundle.join("log.json")));
+        let mut a = self.config.global_args();
         a.extend(["create".into(), "--bundle".into(), o.bundle.into()]);
         a.extend(["--pid-file".into(), o.pid_file.into()]);
         if let Some(s) = o.console_socket {
@@ -151,7 +191,7 @@ impl Runtime {
     }
 
     pub fn exec_args(&self, id: &str, o: &ExecOpts) -> Vec<OsString> {
-        let mut a = self.global_args(Some(&o.bundle.join("log.json")));
+        let mut a = self.config.global_args();
         a.extend(["exec".into(), "--detach".into()]);
         a.extend(["--pid-file".into(), o.pid_file.into()]);
         a.extend(["--process".into(), o.process_json.into()]);
@@ -162,8 +202,8 @@ impl Runtime {
         a
     }
 
-    pub fn checkpoint_args(&self, id: &str, bundle: &Path, criu: &CriuOpts, leave_running: bool) -> Vec<OsString> {
-        let mut a = self.global_args(Some(&bundle.join("log.json")));
+    pub fn checkpoint_args(&self, id: &str, criu: &CriuOpts, leave_running: bool) -> Vec<OsString> {
+        let mut a = self.config.global_args();
         a.push("checkpoint".into());
         criu.push_args(&mut a);
         if leave_running {
@@ -174,7 +214,7 @@ impl Runtime {
     }
 
     pub fn restore_args(&self, id: &str, o: &CreateOpts, criu: &CriuOpts) -> Vec<OsString> {
-        let mut a = self.global_args(Some(&o.bundle.join("log.json")));
+        let mut a = self.config.global_args();
         a.extend(["restore".into(), "--detach".into()]);
         a.extend(["--pid-file".into(), o.pid_file.into()]);
         criu.push_args(&mut a);
@@ -191,104 +231,29 @@ impl Runtime {
         a
     }
 
-    pub async fn checkpoint(&self, id: &str, bundle: &Path, criu: &CriuOpts, leave_running: bool) -> Result<()> {
-        let log = bundle.join("log.json");
-        let args = self.checkpoint_args(id, bundle, criu, leave_running);
-        self.call("checkpoint", args, None, None, Some(&log)).await.map(drop)
-    }
-
-    pub async fn restore(&self, id: &str, o: &CreateOpts<'_>, criu: &CriuOpts, stdio: ProcessStdio) -> Result<i32> {
-        let _ = std::fs::remove_file(o.pid_file);
-        let log = o.bundle.join("log.json");
-        self.call("restore", self.restore_args(id, o, criu), Some(stdio), None, Some(&log)).await?;
-        read_pid_file(o.pid_file)
-    }
-
-    pub async fn create(&self, id: &str, o: &CreateOpts<'_>, stdio: ProcessStdio) -> Result<i32> {
-        let _ = std::fs::remove_file(o.pid_file);
-        let log = o.bundle.join("log.json");
-        self.call("create", self.create_args(id, o), Some(stdio), None, Some(&log)).await?;
-        read_pid_file(o.pid_file)
-    }
-
-    pub async fn exec(&self, id: &str, o: &ExecOpts<'_>, stdio: ProcessStdio) -> Result<i32> {
-        let _ = std::fs::remove_file(o.pid_file);
-        let log = o.bundle.join("log.json");
-        self.call("exec", self.exec_args(id, o), Some(stdio), None, Some(&log)).await?;
-        read_pid_file(o.pid_file)
-    }
-
-    pub async fn start(&self, id: &str) -> Result<()> {
-        self.simple("start", &["start", id]).await.map(drop)
-    }
-
-    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
-        let sig = signal.to_string();
-        let mut a = vec!["kill"];
-        if all {
-            a.push("--all");
-        }
-        a.extend([id, sig.as_str()]);
-        self.simple("kill", &a).await.map(drop)
-    }
-
-    pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let mut a = vec!["delete"];
-        if force {
-            a.push("--force");
-        }
-        a.push(id);
-        match self.simple("delete", &a).await {
-            Err(Error::Runtime { message, .. }) if crate::error::runtime_says_gone(&message) => Ok(()),
-            r => r.map(drop),
-        }
-    }
-
-    pub async fn pause(&self, id: &str) -> Result<()> {
-        self.simple("pause", &["pause", id]).await.map(drop)
-    }
-
-    pub async fn resume(&self, id: &str) -> Result<()> {
-        self.simple("resume", &["resume", id]).await.map(drop)
-    }
-
-    pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()> {
-        let mut a = self.global_args(None);
-        a.extend(["update".into(), "--resources".into(), "-".into(), id.into()]);
-        self.call("update", a, None, Some(resources_json), None).await.map(drop)
-    }
-
-    pub async fn ps(&self, id: &str) -> Result<Vec<u32>> {
-        let out = self.simple("ps", &["ps", "--format", "json", id]).await?;
-        let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| Error::Runtime {
-            verb: "ps",
-            message: format!("cannot parse runtime output: {e}"),
-        })?;
-        Ok(v.as_array()
-            .map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p as u32).collect())
-            .unwrap_or_default())
-    }
-
-    async fn simple(&self, verb: &'static str, args: &[&str]) -> Result<Vec<u8>> {
-        let mut a = self.global_args(None);
+    async fn simple(&self, call: &Call, verb: &'static str, args: &[&str]) -> Result<Vec<u8>> {
+        let mut a = self.config.global_args();
         a.extend(args.iter().map(OsString::from));
-        self.call(verb, a, None, None, None).await
+        self.call(call, verb, a, None, None).await
     }
 
     /// Run the runtime once. With `stdio`, those fds become the runtime's (and so the container
     /// process's) stdio and nothing is captured; otherwise stdout and stderr are captured.
     async fn call(
         &self,
+        call: &Call,
         verb: &'static str,
         args: Vec<OsString>,
         stdio: Option<ProcessStdio>,
         input: Option<Vec<u8>>,
-        log_json: Option<&Path>,
     ) -> Result<Vec<u8>> {
+        if call.is_cancelled() {
+            return Err(Error::Cancelled(format!("{verb}: the caller went away before it ran")));
+        }
         let mut cmd = Command::new(&self.config.binary);
         cmd.args(&args);
-        // SAFETY: prctl is async-signal-safe. The shim runs a current_thread runtime, so the
-        // forking thread lives as long as the shim and PDEATHSIG fires only if the shim dies.
+        // SAFETY: prctl is async-signal-safe. The shim forks from its one runtime thread, which
+        // lives as long as the shim, so PDEATHSIG fires only if the shim dies.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
@@ -316,13 +281,16 @@ impl Runtime {
             }
         }
         // Only errors this call appends count: the log is shared by every call on the bundle.
-        let log_offset = log_json.and_then(|l| std::fs::metadata(l).ok()).map_or(0, |m| m.len());
+        let log_json = self.config.log.as_path();
+        let log_offset = std::fs::metadata(log_json).map_or(0, |m| m.len());
         let spawned = self.reaper.spawn(&mut cmd);
         drop(cmd); // closes our copies of the child's ends, so the pipes see EOF
         // The binary comes from the runtime options: one that cannot be run is a bad argument.
-        let (pid, exited) = spawned.map_err(|e| {
+        // From here on, dropping `child` (this future dropped) kills the runtime.
+        let mut child = spawned.map_err(|e| {
             Error::InvalidArgument(format!("runtime binary {:?} cannot be run: {e}", self.config.binary))
         })?;
+        let own_limit = Instant::now() + call_timeout();
         let work = async {
             if let (Some(w), Some(data)) = (stdin_writer, input) {
                 let mut w = tokio::net::unix::pipe::Sender::from_owned_fd(w)
@@ -334,14 +302,22 @@ impl Runtime {
                 Some((o, e)) => tokio::try_join!(read_all(o), read_all(e))?,
                 None => (Vec::new(), Vec::new()),
             };
-            let exit: Exit = exited.await.map_err(|_| Error::Other("reaper gone".into()))?;
+            let exit = child.wait().await.ok_or_else(|| Error::Other("reaper gone".into()))?;
             Ok::<_, Error>((exit, out, err))
         };
-        let (exit, out, err) = match tokio::time::timeout(call_timeout(), work).await {
-            Ok(r) => r?,
-            Err(_) => {
-                // SAFETY: the pid is our own child and has not been reaped (we never got its exit).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+        let caller_deadline = call.deadline.filter(|d| *d < own_limit);
+        let (exit, out, err) = tokio::select! {
+            r = work => r?,
+            _ = call.cancelled() => {
+                return Err(Error::Cancelled(format!("{} {verb}: the caller went away; killed it", self.config.binary)));
+            }
+            _ = call.expired(), if caller_deadline.is_some() => {
+                return Err(Error::DeadlineExceeded(format!(
+                    "{} {verb} did not finish before the caller's deadline and was killed",
+                    self.config.binary
+                )));
+            }
+            _ = tokio::time::sleep_until(own_limit.into()) => {
                 return Err(Error::DeadlineExceeded(format!(
                     "{} {verb} did not finish within {}s and was killed",
                     self.config.binary,
@@ -352,7 +328,7 @@ impl Runtime {
         if exit.status == 0 {
             return Ok(out);
         }
-        let mut message = log_json.and_then(|l| last_error_in_log(l, log_offset)).unwrap_or_default();
+        let mut message = last_error_in_log(log_json, log_offset).unwrap_or_default();
         if message.is_empty() {
             message = String::from_utf8_lossy(&err).trim().to_string();
             if let Some(m) = last_error_in_text(&message) {
@@ -363,6 +339,84 @@ impl Runtime {
             message = format!("{} exited with status {}", self.config.binary, exit.status);
         }
         Err(Error::Runtime { verb, message })
+    }
+}
+
+
+#[async_trait]
+impl OciRuntime for Runc {
+    async fn create(&self, call: &Call, id: &str, o: &CreateOpts<'_>, stdio: ProcessStdio) -> Result<i32> {
+        let _ = std::fs::remove_file(o.pid_file);
+        self.call(call, "create", self.create_args(id, o), Some(stdio), None).await?;
+        read_pid_file(o.pid_file)
+    }
+
+    async fn restore(&self, call: &Call, id: &str, o: &CreateOpts<'_>, criu: &CriuOpts, stdio: ProcessStdio) -> Result<i32> {
+        let _ = std::fs::remove_file(o.pid_file);
+        self.call(call, "restore", self.restore_args(id, o, criu), Some(stdio), None).await?;
+        read_pid_file(o.pid_file)
+    }
+
+    async fn start(&self, call: &Call, id: &str) -> Result<()> {
+        self.simple(call, "start", &["start", id]).await.map(drop)
+    }
+
+    async fn exec(&self, call: &Call, id: &str, o: &ExecOpts<'_>, stdio: ProcessStdio) -> Result<i32> {
+        let _ = std::fs::remove_file(o.pid_file);
+        self.call(call, "exec", self.exec_args(id, o), Some(stdio), None).await?;
+        read_pid_file(o.pid_file)
+    }
+
+    async fn kill(&self, call: &Call, id: &str, signal: u32, all: bool) -> Result<()> {
+        let sig = signal.to_string();
+        let mut a = vec!["kill"];
+        if all {
+            a.push("--all");
+        }
+        a.extend([id, sig.as_str()]);
+        self.simple(call, "kill", &a).await.map(drop)
+    }
+
+    async fn delete(&self, call: &Call, id: &str, force: bool) -> Result<()> {
+        let mut a = vec!["delete"];
+        if force {
+            a.push("--force");
+        }
+        a.push(id);
+        match self.simple(call, "delete", &a).await {
+            Err(Error::Runtime { message, .. }) if crate::error::runtime_says_gone(&message) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    async fn pause(&self, call: &Call, id: &str) -> Result<()> {
+        self.simple(call, "pause", &["pause", id]).await.map(drop)
+    }
+
+    async fn resume(&self, call: &Call, id: &str) -> Result<()> {
+        self.simple(call, "resume", &["resume", id]).await.map(drop)
+    }
+
+    async fn ps(&self, call: &Call, id: &str) -> Result<Vec<u32>> {
+        let out = self.simple(call, "ps", &["ps", "--format", "json", id]).await?;
+        let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| Error::Runtime {
+            verb: "ps",
+            message: format!("cannot parse runtime output: {e}"),
+        })?;
+        Ok(v.as_array()
+            .map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p as u32).collect())
+            .unwrap_or_default())
+    }
+
+    async fn update(&self, call: &Call, id: &str, resources_json: Vec<u8>) -> Result<()> {
+        let mut a = self.config.global_args();
+        a.extend(["update".into(), "--resources".into(), "-".into(), id.into()]);
+        self.call(call, "update", a, None, Some(resources_json)).await.map(drop)
+    }
+
+    async fn checkpoint(&self, call: &Call, id: &str, criu: &CriuOpts, leave_running: bool) -> Result<()> {
+        let args = self.checkpoint_args(id, criu, leave_running);
+        self.call(call, "checkpoint", args, None, None).await.map(drop)
     }
 }
 
@@ -421,16 +475,18 @@ fn last_error_in_text(text: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn rt() -> Runtime {
-        Runtime::new(
-            RuntimeConfig {
-                binary: "runc".into(),
-                root: "/run/containerd/runc/ns".into(),
-                systemd_cgroup: true,
-                criu_path: None,
-            },
-            Arc::new(Reaper::default()),
-        )
+    fn config(binary: &str) -> RuntimeConfig {
+        RuntimeConfig {
+            binary: binary.into(),
+            root: "/run/containerd/runc/ns".into(),
+            systemd_cgroup: true,
+            criu_path: None,
+            log: "/b/log.json".into(),
+        }
+    }
+
+    fn rt() -> Runc {
+        Runc::new(config("runc"), Arc::new(Reaper::default()))
     }
 
     fn s(v: Vec<OsString>) -> Vec<String> {
@@ -484,7 +540,7 @@ mod tests {
             empty_namespaces: vec!["network".into()],
             cgroups_mode: "soft".into(),
         };
-        let a = s(rt().checkpoint_args("c1", Path::new("/b"), &criu, true));
+        let a = s(rt().checkpoint_args("c1", &criu, true));
         assert_eq!(
             &a[7..],
             [
@@ -494,7 +550,7 @@ mod tests {
             ]
         );
         let plain = CriuOpts { image_path: "/ckpt".into(), work_path: "/w".into(), parent_path: Some("/p".into()), ..Default::default() };
-        let a = s(rt().checkpoint_args("c1", Path::new("/b"), &plain, false));
+        let a = s(rt().checkpoint_args("c1", &plain, false));
         assert_eq!(&a[7..], ["checkpoint", "--image-path", "/ckpt", "--work-path", "/w", "--parent-path", "/p", "c1"]);
         let o = CreateOpts {
             bundle: Path::new("/b"),
@@ -511,6 +567,67 @@ mod tests {
                 "--parent-path", "/p", "--no-subreaper", "--bundle", "/b", "c1"
             ]
         );
+    }
+
+    #[test]
+    fn every_verb_gets_the_global_flags() {
+        let mut c = config("runc");
+        c.systemd_cgroup = false;
+        c.criu_path = Some("/opt/criu".into());
+        assert_eq!(
+            s(c.global_args()),
+            ["--root", "/run/containerd/runc/ns", "--log", "/b/log.json", "--log-format", "json", "--criu", "/opt/criu"]
+        );
+    }
+
+    /// A runtime that hangs: a caller that goes away, or a deadline that passes, kills it.
+    /// (The test waits for its own child by pid: unit tests never run the reaper's waitpid(-1).)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hung_runtime_is_killed_with_its_caller() {
+        let dir = std::env::temp_dir().join(format!("rs-hang-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("hang-runc");
+        let pidfile = dir.join("pid");
+        std::fs::write(&script, format!("#!/bin/sh\necho $$ > {}\nexec sleep 1000\n", pidfile.display())).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cfg = config(script.to_str().unwrap());
+        cfg.log = dir.join("log.json");
+        let runc = Runc::new(cfg, Arc::new(Reaper::default()));
+        let child_pid = || -> Option<i32> { std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok() };
+        let reap = |pid: i32| {
+            let ws = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+            assert!(matches!(ws, nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)), "{ws:?}");
+        };
+
+        // 1. the caller goes away
+        let call = Call::background();
+        let c2 = call.clone();
+        let canceller = async {
+            while child_pid().is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            c2.cancel();
+        };
+        let (r, ()) = tokio::join!(runc.start(&call, "c1"), canceller);
+        assert!(matches!(&r, Err(Error::Cancelled(m)) if m.contains("start")), "{r:?}");
+        reap(child_pid().unwrap());
+
+        // 2. the caller's deadline (less the margin) passes
+        std::fs::remove_file(&pidfile).unwrap();
+        let call = Call::with_timeout(Some(Duration::from_millis(500)));
+        let r = runc.kill(&call, "c1", 9, false).await;
+        assert!(matches!(&r, Err(Error::DeadlineExceeded(m)) if m.contains("kill") && m.contains("deadline")), "{r:?}");
+        assert_eq!(Error::DeadlineExceeded(String::new()).code(), ttrpc::Code::DEADLINE_EXCEEDED);
+        reap(child_pid().unwrap());
+
+        // 3. a call that was cancelled before it ran starts nothing
+        std::fs::remove_file(&pidfile).unwrap();
+        let call = Call::background();
+        call.cancel();
+        assert!(matches!(runc.pause(&call, "c1").await, Err(Error::Cancelled(_))));
+        assert!(child_pid().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

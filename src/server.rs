@@ -7,8 +7,11 @@ use std::time::Duration;
 use containerd_shim_protos::shim_async::create_task;
 
 use crate::events::Publisher;
+use nix::sys::signal::Signal;
+
 use crate::reaper::{self, ExitSink, Reaper};
-use crate::signals::SignalPipe;
+use crate::runtime::RuncFactory;
+use crate::signals::{self, Signals};
 use crate::supervisor::Supervisor;
 use crate::task_service::TaskService;
 
@@ -23,14 +26,15 @@ pub struct Config {
 
 /// Serve until Shutdown finds nothing left, or SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<(), String> {
-    // Before anything is spawned, so no SIGCHLD is missed.
-    let sigchld = SignalPipe::new(&[libc::SIGCHLD]).map_err(|e| format!("watch SIGCHLD: {e}"))?;
-    let mut term = SignalPipe::new(&[libc::SIGTERM, libc::SIGINT]).map_err(|e| format!("watch SIGTERM: {e}"))?;
+    // Before anything is spawned, so no SIGCHLD is missed (the signals are blocked already).
+    let signals = Signals::new().map_err(|e| format!("signalfd: {e}"))?;
     let reaper = Arc::new(Reaper::default());
     let (publisher, forwarder) = Publisher::new(cfg.ttrpc_address.clone(), cfg.namespace.clone());
     tokio::spawn(forwarder);
-    let sup = Arc::new(Supervisor::new(publisher.clone(), reaper.clone(), cfg.namespace.clone()));
-    tokio::spawn(reaper.clone().run(sigchld, sup.clone() as Arc<dyn ExitSink>));
+    let runtimes = Arc::new(RuncFactory(reaper.clone()));
+    let sup = Supervisor::new(publisher.clone(), reaper.clone(), runtimes, cfg.namespace.clone());
+    let (other_tx, mut other_signals) = tokio::sync::mpsc::unbounded_channel();
+    let mut reaping = tokio::spawn(reaper.clone().run(signals, sup.clone() as Arc<dyn ExitSink>, other_tx));
 
     let service = Arc::new(TaskService::new(sup.clone()));
     let mut services = create_task(service.clone());
@@ -45,24 +49,50 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     server.start().await.map_err(|e| format!("start ttrpc server: {e}"))?;
     log::info!("serving on {}", cfg.socket_path.as_deref().unwrap_or("inherited socket"));
 
-    tokio::select! {
-        _ = sup.shutdown.notified() => {}
-        _ = term.recv() => log::info!("SIGTERM/SIGINT: shutting down"),
-    }
-    // Let the Shutdown reply go out, then deliver queued events before the socket disappears.
+    let fatal = loop {
+        tokio::select! {
+            _ = sup.shutdown.notified() => break None,
+            sig = other_signals.recv() => match sig {
+                Some(Signal::SIGTERM | Signal::SIGINT) => {
+                    log::info!("SIGTERM/SIGINT: shutting down");
+                    break None;
+                }
+                Some(sig) => log::debug!("signal {sig} ignored"),
+                None => {}
+            },
+            r = &mut reaping => {
+                // Without the reaper no exit is ever seen again: every Wait would hang. Better
+                // to die loudly, so containerd cleans up, than to serve a lie.
+                let e = r.map_or_else(|e| format!("reaper task: {e}"), |e| format!("reading signals: {e}"));
+                log::error!("reaper stopped: {e}");
+                break Some(e);
+            }
+        }
+    };
+    // Let the Shutdown reply go out, then stop serving: containerd waits for the connection to
+    // close. The socket goes before the events are flushed, so nobody dials a shim that is done.
     tokio::task::yield_now().await;
-    publisher.flush(Duration::from_secs(5)).await;
     if let Some(path) = &cfg.socket_path {
         let _ = std::fs::remove_file(path.strip_prefix("unix://").unwrap_or(path));
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), server.shutdown()).await;
-    Ok(())
+    let window = crate::events::flush_window();
+    if !publisher.flush(window).await {
+        log::error!("events still undelivered after {}s: giving up", window.as_secs());
+    }
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Process-wide setup that must happen before the runtime's thread exists.
 pub fn prepare_process() -> std::io::Result<()> {
     reaper::set_subreaper()?;
     close_inherited_fds();
+    // Before the runtime's threads exist, so every thread has the handled signals blocked and
+    // they reach only the signalfd.
+    signals::block()?;
     // A shim outlives containerd: a dead reader on a FIFO or socket must be an error, not death.
     // SAFETY: setting signal dispositions to SIG_IGN has no preconditions.
     unsafe {

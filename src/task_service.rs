@@ -13,6 +13,7 @@ use containerd_shim_protos::shim::oci::{CheckpointOptions, ProcessDetails};
 use containerd_shim_protos::shim_async::Task;
 use ttrpc::r#async::TtrpcContext;
 
+use crate::call::Call;
 use crate::error::{Error, Result};
 use crate::events::timestamp;
 use crate::options;
@@ -70,9 +71,15 @@ fn bare_type(url: &str) -> &str {
 
 type R<T> = ttrpc::Result<T>;
 
+/// The caller's deadline (ttrpc's `timeout_nano`, which containerd's client fills from its
+/// context) for the work this request starts.
+fn call_of(ctx: &TtrpcContext) -> Call {
+    Call::with_timeout((ctx.timeout_nano > 0).then(|| std::time::Duration::from_nanos(ctx.timeout_nano as u64)))
+}
+
 #[async_trait]
 impl Task for TaskService {
-    async fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> R<api::CreateTaskResponse> {
+    async fn create(&self, ctx: &TtrpcContext, req: api::CreateTaskRequest) -> R<api::CreateTaskResponse> {
         check(&req.id, "")?;
         let bundle = std::path::PathBuf::from(&req.bundle);
         if !bundle.is_absolute() {
@@ -81,7 +88,7 @@ impl Task for TaskService {
         let options = options::decode(req.options.as_ref())?;
         let pid = self
             .sup
-            .create(CreateRequest {
+            .create(call_of(ctx), CreateRequest {
                 id: req.id.clone(),
                 bundle,
                 checkpoint: req.checkpoint.clone(),
@@ -99,9 +106,9 @@ impl Task for TaskService {
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
-    async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> R<api::StartResponse> {
+    async fn start(&self, ctx: &TtrpcContext, req: api::StartRequest) -> R<api::StartResponse> {
         check(&req.id, &req.exec_id)?;
-        let pid = self.sup.start(&req.id, &req.exec_id).await?;
+        let pid = self.sup.start(call_of(ctx), &req.id, &req.exec_id).await?;
         Ok(api::StartResponse { pid, ..Default::default() })
     }
 
@@ -128,17 +135,17 @@ impl Task for TaskService {
         })
     }
 
-    async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> R<api::DeleteResponse> {
+    async fn delete(&self, ctx: &TtrpcContext, req: api::DeleteRequest) -> R<api::DeleteResponse> {
         check(&req.id, &req.exec_id)?;
-        let (pid, exit_status, at) = self.sup.delete(&req.id, &req.exec_id).await?;
+        let (pid, exit_status, at) = self.sup.delete(call_of(ctx), &req.id, &req.exec_id).await?;
         Ok(api::DeleteResponse { pid, exit_status, exited_at: timestamp(at), ..Default::default() })
     }
 
-    async fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> R<api::PidsResponse> {
+    async fn pids(&self, ctx: &TtrpcContext, req: api::PidsRequest) -> R<api::PidsResponse> {
         check(&req.id, "")?;
         let processes = self
             .sup
-            .pids(&req.id)
+            .pids(call_of(ctx), &req.id)
             .await?
             .into_iter()
             .map(|(pid, exec)| {
@@ -155,19 +162,19 @@ impl Task for TaskService {
         Ok(api::PidsResponse { processes, ..Default::default() })
     }
 
-    async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> R<Empty> {
+    async fn pause(&self, ctx: &TtrpcContext, req: api::PauseRequest) -> R<Empty> {
         check(&req.id, "")?;
-        self.sup.pause(&req.id, true).await?;
+        self.sup.pause(call_of(ctx), &req.id, true).await?;
         Ok(Empty::new())
     }
 
-    async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> R<Empty> {
+    async fn resume(&self, ctx: &TtrpcContext, req: api::ResumeRequest) -> R<Empty> {
         check(&req.id, "")?;
-        self.sup.pause(&req.id, false).await?;
+        self.sup.pause(call_of(ctx), &req.id, false).await?;
         Ok(Empty::new())
     }
 
-    async fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointTaskRequest) -> R<Empty> {
+    async fn checkpoint(&self, ctx: &TtrpcContext, req: api::CheckpointTaskRequest) -> R<Empty> {
         check(&req.id, "")?;
         let mut o = CheckpointOptions::new();
         if let Some(any) = req.options.as_ref().filter(|a| !a.type_url.is_empty() || !a.value.is_empty()) {
@@ -193,13 +200,13 @@ impl Task for TaskService {
             empty_namespaces: o.empty_namespaces.clone(),
             cgroups_mode: o.cgroups_mode.clone(),
         };
-        self.sup.checkpoint(&req.id, criu, o.exit).await?;
+        self.sup.checkpoint(call_of(ctx), &req.id, criu, o.exit).await?;
         Ok(Empty::new())
     }
 
-    async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> R<Empty> {
+    async fn kill(&self, ctx: &TtrpcContext, req: api::KillRequest) -> R<Empty> {
         check(&req.id, &req.exec_id)?;
-        self.sup.kill(&req.id, &req.exec_id, req.signal, req.all).await?;
+        self.sup.kill(call_of(ctx), &req.id, &req.exec_id, req.signal, req.all).await?;
         Ok(Empty::new())
     }
 
@@ -236,7 +243,7 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> R<Empty> {
+    async fn update(&self, ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> R<Empty> {
         check(&req.id, "")?;
         let res = req
             .resources
@@ -248,7 +255,7 @@ impl Task for TaskService {
         }
         serde_json::from_slice::<serde_json::Value>(&res.value)
             .map_err(|e| Error::InvalidArgument(format!("update: invalid resources JSON: {e}")))?;
-        self.sup.update(&req.id, res.value.clone()).await?;
+        self.sup.update(call_of(ctx), &req.id, res.value.clone()).await?;
         Ok(Empty::new())
     }
 
@@ -260,7 +267,7 @@ impl Task for TaskService {
 
     async fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> R<api::StatsResponse> {
         check(&req.id, "")?;
-        let stats = self.sup.stats(&req.id).await?;
+        let stats = self.sup.stats(&req.id)?;
         Ok(api::StatsResponse { stats: MessageField::some(stats), ..Default::default() })
     }
 
@@ -273,10 +280,7 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _req: api::ShutdownRequest) -> R<Empty> {
-        if self.sup.is_empty() {
-            log::info!("shutdown: no container left");
-            self.sup.shutdown.notify_one();
-        }
+        self.sup.request_shutdown();
         Ok(Empty::new())
     }
 }

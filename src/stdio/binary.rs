@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::reaper::{Exit, Reaper};
+use crate::reaper::{Child, Reaper};
 
 /// How long a logger may take to close its ready fd.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,10 +72,10 @@ impl BinaryUri {
     }
 }
 
-/// A running logger; its exit goes through the shim's reaper.
+/// A running logger; its exit goes through the shim's reaper. Dropped while it runs (a create
+/// that failed or whose caller went away), it is killed.
 pub struct Logger {
-    pid: i32,
-    exited: tokio::sync::Mutex<Option<oneshot::Receiver<Exit>>>,
+    child: tokio::sync::Mutex<Child>,
 }
 
 impl Logger {
@@ -132,12 +131,12 @@ impl Logger {
                 Ok(())
             });
         }
-        let (pid, exited) = reaper
+        let child = reaper
             .spawn(&mut cmd)
             .map_err(|e| Error::InvalidArgument(format!("start logger {}: {e}", uri.path.display())))?;
         drop(cmd);
         drop((fd3, fd4, ready_w));
-        let logger = Logger { pid, exited: tokio::sync::Mutex::new(Some(exited)) };
+        let logger = Logger { child: tokio::sync::Mutex::new(child) };
         // Ready when fd 5 is closed (EOF), by the logger or by its exit.
         let wait_ready = async move {
             use tokio::io::AsyncReadExt as _;
@@ -157,27 +156,24 @@ impl Logger {
     }
 
     async fn kill(&self) {
-        // SAFETY: the pid is our unreaped child while `exited` has not fired.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        if let Some(rx) = self.exited.lock().await.take() {
-            let _ = rx.await;
-        }
+        let mut child = self.child.lock().await;
+        child.kill();
+        child.wait().await;
     }
 
     /// Let the logger finish once its input ended; then SIGTERM, then SIGKILL.
     pub async fn shutdown(&self) {
-        let Some(mut rx) = self.exited.lock().await.take() else { return };
-        if tokio::time::timeout(EOF_GRACE, &mut rx).await.is_ok() {
+        let mut child = self.child.lock().await;
+        if tokio::time::timeout(EOF_GRACE, child.wait()).await.is_ok() {
             return;
         }
-        // SAFETY: as in kill().
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        if tokio::time::timeout(TERM_TIMEOUT, &mut rx).await.is_ok() {
+        child.signal(libc::SIGTERM);
+        if tokio::time::timeout(TERM_TIMEOUT, child.wait()).await.is_ok() {
             return;
         }
-        log::warn!("logger pid {} ignored SIGTERM for {}s: killing it", self.pid, TERM_TIMEOUT.as_secs());
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        let _ = rx.await;
+        log::warn!("logger pid {} ignored SIGTERM for {}s: killing it", child.pid, TERM_TIMEOUT.as_secs());
+        child.kill();
+        child.wait().await;
     }
 }
 

@@ -128,7 +128,7 @@ impl Sink {
                 use std::os::unix::fs::OpenOptionsExt as _;
                 let mut opts = std::fs::OpenOptions::new();
                 opts.append(true).create(true).mode(0o644);
-                crate::options::open_regular(&mut opts, p)
+                crate::bundle::open_regular(&mut opts, p)
                     .map(|f| Some(Sink::File(f)))
                     .map_err(|e| Error::InvalidArgument(format!("{what} file {}: {e}", p.display())))
             }
