@@ -199,3 +199,66 @@ async fn forward_loop(mut rx: mpsc::UnboundedReceiver<Msg>, address: String, nam
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+    use containerd_shim_protos::shim_async::{create_events, Events};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Containerd {
+        got: Mutex<Vec<Envelope>>,
+    }
+
+    #[async_trait]
+    impl Events for Containerd {
+        async fn forward(&self, _: &ttrpc::r#async::TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
+            self.got.lock().unwrap().push(req.envelope.unwrap());
+            Ok(Empty::new())
+        }
+    }
+
+    /// containerd restarting slowly: its events endpoint appears only after the shim has
+    /// queued an exit and began shutting down. The event still arrives, with the time it
+    /// happened, not the time it got through.
+    #[tokio::test(flavor = "current_thread")]
+    async fn events_queued_across_a_shutdown_reach_a_late_containerd() {
+        let dir = std::env::temp_dir().join(format!("rs-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("containerd.sock.ttrpc");
+        let _ = std::fs::remove_file(&sock);
+        let (publisher, forwarder) = Publisher::new(sock.display().to_string(), "ns".into());
+        tokio::spawn(forwarder);
+        let happened = SystemTime::now();
+        publisher.publish(Event::Exit(ev::TaskExit { container_id: "k1".into(), id: "k1".into(), exit_status: 3, ..Default::default() }));
+        // the shim shuts down: it flushes while containerd is still away
+        let flushing = tokio::spawn({
+            let p = publisher.clone();
+            async move { p.flush(Duration::from_secs(60)).await }
+        });
+        // containerd comes back only after a few failed attempts
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!flushing.is_finished(), "nothing to deliver to yet");
+        let up = SystemTime::now();
+        let containerd = Arc::new(Containerd::default());
+        let mut server = ttrpc::asynchronous::Server::new()
+            .bind(&format!("unix://{}", sock.display()))
+            .unwrap()
+            .register_service(create_events(containerd.clone()));
+        server.start().await.unwrap();
+        assert!(flushing.await.unwrap(), "delivered within the window");
+        let got = containerd.got.lock().unwrap().clone();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].topic, "/tasks/exit");
+        let ts = got[0].timestamp.as_ref().unwrap();
+        let at = UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos as u32);
+        assert!(at >= happened - Duration::from_millis(1) && at < up, "stamped when it happened, not when sent");
+        let _ = server.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -4,7 +4,6 @@ use std::io::{IoSliceMut, Read as _};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tokio::io::unix::AsyncFd;
@@ -12,27 +11,24 @@ use tokio::io::Interest;
 
 use crate::error::{Error, Result};
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A listening socket at a private path, removed on drop.
+/// A listening socket in a private directory, both removed on drop.
 pub struct ConsoleSocket {
     listener: UnixListener,
     path: PathBuf,
 }
 
 impl ConsoleSocket {
+    /// The directory is made by mkdtemp (0700, an unpredictable name): a predictable socket
+    /// path in a shared $TMPDIR would let another user bind it first and be sent the pty.
     pub fn new() -> Result<Self> {
-        let dir = std::env::temp_dir();
-        let path = dir.join(format!(
-            "rustshim-pty-{}-{}.sock",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)
-            .map_err(|e| Error::io(format!("console socket {}", path.display()), e))?;
-        use std::os::unix::fs::PermissionsExt as _;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        let template = std::env::temp_dir().join("rustshim-pty-XXXXXX");
+        let dir = nix::unistd::mkdtemp(&template)
+            .map_err(|e| Error::io(format!("console socket directory in {}", template.display()), e.into()))?;
+        let path = dir.join("pty.sock");
+        let listener = UnixListener::bind(&path).map_err(|e| {
+            let _ = std::fs::remove_dir(&dir);
+            Error::io(format!("console socket {}", path.display()), e)
+        })?;
         Ok(ConsoleSocket { listener, path })
     }
 
@@ -73,6 +69,9 @@ impl ConsoleSocket {
 impl Drop for ConsoleSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -138,4 +137,22 @@ fn set_nonblocking(fd: RawFd) -> Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(bfd, FcntlArg::F_GETFL)?);
     fcntl(bfd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_socket_lives_in_a_private_directory() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let s = ConsoleSocket::new().unwrap();
+        let dir = s.path().parent().unwrap().to_path_buf();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(dir.file_name().unwrap().to_str().unwrap().starts_with("rustshim-pty-"));
+        let other = ConsoleSocket::new().unwrap();
+        assert_ne!(other.path().parent(), Some(dir.as_path()), "each socket its own directory");
+        drop(s);
+        assert!(!dir.exists(), "removed with the socket");
+    }
 }

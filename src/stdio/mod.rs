@@ -104,7 +104,10 @@ pub struct PendingIo {
 
 enum Sink {
     Pipe(pipe::Sender),
-    File(std::fs::File),
+    /// `file://`: written on tokio's blocking pool, since a write to a regular file can block
+    /// (a slow disk, NFS) and the shim serves everything from one thread. None only while a
+    /// write is out.
+    File(Option<std::fs::File>),
 }
 
 impl Sink {
@@ -129,7 +132,7 @@ impl Sink {
                 let mut opts = std::fs::OpenOptions::new();
                 opts.append(true).create(true).mode(0o644);
                 crate::bundle::open_regular(&mut opts, p)
-                    .map(|f| Some(Sink::File(f)))
+                    .map(|f| Some(Sink::File(Some(f))))
                     .map_err(|e| Error::InvalidArgument(format!("{what} file {}: {e}", p.display())))
             }
         }
@@ -138,8 +141,18 @@ impl Sink {
     async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         match self {
             Sink::Pipe(s) => s.write_all(buf).await,
-            // A regular file never blocks for long; appends are atomic per write.
-            Sink::File(f) => std::io::Write::write_all(f, buf),
+            Sink::File(slot) => {
+                let mut f = slot.take().ok_or_else(|| std::io::Error::other("file sink lost"))?;
+                let data = buf.to_vec();
+                let (f, r) = tokio::task::spawn_blocking(move || {
+                    let r = std::io::Write::write_all(&mut f, &data);
+                    (f, r)
+                })
+                .await
+                .map_err(std::io::Error::other)?;
+                *slot = Some(f);
+                r
+            }
         }
     }
 }
