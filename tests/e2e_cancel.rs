@@ -204,3 +204,81 @@ fn a_hundred_failed_starts_leak_no_fd() {
     c.wait_status("p0", "STOPPED", T);
     c.remove("p0");
 }
+
+/// A `runc` wrapper on containerd's PATH that refuses any verb given without `--log`, as test
+/// and vendor wrappers around runc do: every call the shim makes must carry the global flags.
+fn strict_runc(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let bin = dir.join("strict-bin");
+    fs::create_dir_all(&bin).unwrap();
+    let real = which("runc").expect("runc");
+    let refused = dir.join("refused");
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in\n  *\" --log \"*\" --log-format json \"*|*\" --version \"*|*\" features \"*) exec {real} \"$@\" ;;\nesac\necho \"$*\" >> {r}\necho 'refused: no --log' >&2\nexit 1\n",
+        real = real.display(),
+        r = refused.display()
+    );
+    let path = bin.join("runc");
+    fs::write(&path, script).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    (bin, refused)
+}
+
+#[test]
+fn every_runtime_call_carries_the_global_flags() {
+    const NAME: &str = "every_runtime_call_carries_the_global_flags";
+    let scratch = std::env::temp_dir().join(format!("rs-strict-{}", random_suffix(6)));
+    fs::create_dir_all(&scratch).unwrap();
+    let (bin, refused) = strict_runc(&scratch);
+    let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-rustshim-v2")).parent().unwrap();
+    let path = format!("{}:{}:{}", bin.display(), shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let Some(c) = Containerd::start_with_env(NAME, &[("PATH", &path)]) else {
+        return;
+    };
+    c.import_image();
+    c.run_detached(&[], "g1", &["sleep", "100000"]);
+    c.wait_status("g1", "RUNNING", T);
+    let out = c.exec(&[], "g1", "e1", &["sh", "-c", "echo hi"]);
+    c.check_ok(&["task", "exec", "e1"], &out);
+    c.ctr_ok(&["task", "ps", "g1"]);
+    c.ctr_ok(&["task", "pause", "g1"]);
+    c.wait_status("g1", "PAUSED", T);
+    c.ctr_ok(&["task", "resume", "g1"]);
+    c.wait_status("g1", "RUNNING", T);
+    // (ctr 1.6 has no `task update`; Update's argv is unit-tested in src/runtime.rs)
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "g1"]);
+    c.wait_status("g1", "STOPPED", T);
+    c.remove("g1");
+    let refusals = fs::read_to_string(&refused).unwrap_or_default();
+    assert!(refusals.is_empty(), "[{NAME}] runtime calls without --log:\n{refusals}");
+    drop(c);
+    let _ = fs::remove_dir_all(&scratch);
+}
+
+/// With a shared pid namespace nothing dies with init: the shim kills the rest before it
+/// reports init's exit (Go's handleInitExit), so containerd's delete never meets a cgroup
+/// frozen by the kill, and no output of the killed children is cut off mid-copy.
+#[test]
+fn shared_pid_namespace_rest_is_killed_before_init_exit_is_reported() {
+    const NAME: &str = "shared_pid_namespace_rest_is_killed_before_init_exit_is_reported";
+    let Some(c) = Containerd::start(NAME) else {
+        return;
+    };
+    c.import_image();
+    let marker = format!("rsmark{}", random_suffix(6));
+    let script = format!(
+        "for i in 1 2 3; do (exec -a {marker} sh -c 'while true; do echo child; sleep 0.01; done') & done; sleep 0.5; echo main done; exit 3"
+    );
+    let out = c.run(&["--rm", "--with-ns", "pid:/proc/self/ns/pid"], "sp1", &["sh", "-c", &script]);
+    assert_eq!(exit_code(&out.status), 3, "[{NAME}] {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("main done"), "[{NAME}] {}", describe(&out));
+    // the children were killed with the container, not left running on the host
+    let left: Vec<u32> = all_pids()
+        .into_iter()
+        .filter(|p| proc_cmdline(*p).is_some_and(|a| a.first().is_some_and(|x| x == &marker)))
+        .collect();
+    assert!(left.is_empty(), "[{NAME}] children of the container still run: {left:?}");
+    let log = c.log();
+    for bad in ["that is not stopped: paused", "Failed to pipe"] {
+        assert!(!log.contains(bad), "[{NAME}] containerd logged {bad:?}:\n{}", tail(&log, 40));
+    }
+}
