@@ -67,7 +67,9 @@ fn create_cancelled_by_the_callers_deadline() {
     let mut args = vec!["--timeout".to_string(), "3s".to_string()];
     args.extend(c.run_args(&["-d"], "k1", &["sleep", "1000"]));
     let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let t0 = std::time::Instant::now();
     let out = c.ctr_timeout(&a, T);
+    let answered = t0.elapsed();
     assert!(!out.status.success(), "[{NAME}] create with a hung runc succeeded: {}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(err.contains("deadline") || err.contains("context"), "[{NAME}] not a deadline error: {err}");
@@ -75,11 +77,13 @@ fn create_cancelled_by_the_callers_deadline() {
     assert!(!hung.is_empty(), "[{NAME}] the wrapper never hung: the test proves nothing");
 
     // The hung runc is killed with the request (not left running)...
+    let t1 = std::time::Instant::now();
     assert!(
         wait_until(T, || hung.iter().all(|p| !pid_alive(*p) || proc_stat(*p).is_some_and(|(s, _)| s == 'Z'))),
         "[{NAME}] the hung runc {hung:?} is still running\n{}",
         tail(&c.log(), 40)
     );
+    let runc_gone = answered + t1.elapsed();
     // ... the shim of the cancelled create exits (containerd deletes and shuts it down) ...
     assert!(
         wait_until(T, || c.shim_pids("k1").is_empty()),
@@ -87,6 +91,7 @@ fn create_cancelled_by_the_callers_deadline() {
         c.shim_pids("k1"),
         tail(&c.log(), 40)
     );
+    report(NAME, &format!("ctr --timeout 3s answered after {answered:.1?}; hung runc gone {runc_gone:.1?} after the start; shim gone {:.1?}", t0.elapsed()));
     // ... nothing is left mounted for it, and k1 can be created again.
     assert!(c.mounts().iter().all(|m| !m.contains("/k1/")), "[{NAME}] mounts left: {:?}", c.mounts());
     fs::remove_file(scratch.join("hang")).unwrap();
@@ -166,6 +171,7 @@ fn containerd_killed_during_a_burst_of_exec_starts() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     let settled = wait_until(T, || fds(shim).0 <= before.0);
     assert!(settled, "[{NAME}] pipes before the burst {before:?}, now {:?}", fds(shim));
+    report(NAME, &format!("{n} exec starts, containerd SIGKILLed mid-burst: shim survived; (pipes, fds) before {before:?}, after {:?}", fds(shim)));
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "b1"]);
     c.wait_status("b1", "STOPPED", T);
     c.remove("b1");
@@ -200,6 +206,7 @@ fn a_hundred_failed_starts_leak_no_fd() {
     assert_eq!(c.shim_pids("p0"), vec![shim], "[{NAME}] the pod's shim changed");
     let after = fds(shim);
     assert_eq!(after, before, "[{NAME}] fds (pipes, all) before {before:?}, after {n} failed starts {after:?}");
+    report(NAME, &format!("{n} failed creates + {n} failed exec starts in one shim: (pipes, fds) {before:?} -> {after:?}"));
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "p0"]);
     c.wait_status("p0", "STOPPED", T);
     c.remove("p0");

@@ -63,18 +63,6 @@ fn size(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A figure for docs/reliability.md: straight to fd 2 (not captured by the
-/// harness) and to $RUSTSHIM_RELIABILITY_REPORT.
-fn report(test: &str, line: &str) {
-    let msg = format!("RELIABILITY: [{}] {test}: {line}\n", runtime());
-    let _ = std::io::stderr().write_all(msg.as_bytes());
-    if let Ok(p) = std::env::var("RUSTSHIM_RELIABILITY_REPORT") {
-        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(p) {
-            let _ = f.write_all(msg.as_bytes());
-        }
-    }
-}
-
 /// Runs `f(i)` for i in 0..n on `workers` threads; results in index order.
 fn parallel<T: Send>(n: usize, workers: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let next = AtomicUsize::new(0);

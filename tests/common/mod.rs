@@ -1416,3 +1416,16 @@ impl Drop for Background {
         self.kill();
     }
 }
+
+/// A figure for docs/reliability.md: straight to fd 2 (not captured by the
+/// harness) and to $RUSTSHIM_RELIABILITY_REPORT.
+pub fn report(test: &str, line: &str) {
+    let msg = format!("RELIABILITY: [{}] {test}: {line}\n", runtime());
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
+    if let Ok(p) = std::env::var("RUSTSHIM_RELIABILITY_REPORT") {
+        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(p) {
+            let _ = std::io::Write::write_all(&mut f, msg.as_bytes());
+        }
+    }
+}
+
