@@ -26,7 +26,7 @@ for s in "${suites[@]}"; do
     version[$s]=$("$dir/containerd" --version | awk '{print $3}')
     echo
     echo "==> e2e suite on containerd ${version[$s]} ($s, $dir)"
-    if RUSTSHIM_CONTAINERD_DIR=$dir cargo test "${tests[@]}" -- --test-threads=2 "$@" 2>&1 | tee "$out/$s.log"; then
+    if RUSTSHIM_CONTAINERD_DIR=$dir cargo test --no-fail-fast "${tests[@]}" -- --test-threads=2 "$@" 2>&1 | tee "$out/$s.log"; then
         :
     else
         status=1
