@@ -63,7 +63,7 @@ fn socket_address_in(dir: &str, containerd_address: &str, namespace: &str, group
 
 /// `-info` (containerd 2.x): what this runtime is, and the OCI runtime's features so containerd
 /// can check e.g. idmapped mount support.
-pub fn info() -> Result<Vec<u8>> {
+pub fn info(build: &str) -> Result<Vec<u8>> {
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
     let options_any = Any::parse_from_bytes(&stdin).ok().filter(|a| !a.type_url.is_empty());
@@ -71,10 +71,12 @@ pub fn info() -> Result<Vec<u8>> {
     let mut info = RuntimeInfo {
         name: "io.containerd.rustshim.v2".into(),
         version: MessageField::some(RuntimeVersion {
-            version: env!("CARGO_PKG_VERSION").into(),
+            version: crate::version::VERSION.into(),
+            revision: crate::version::GIT_REVISION.into(),
             ..Default::default()
         }),
         options: options_any.into(),
+        annotations: [("io.containerd.rustshim.build".to_string(), build.to_string())].into(),
         ..Default::default()
     };
     if let Ok(out) = Command::new(opts.binary()).arg("features").stdin(Stdio::null()).output() {

@@ -4,6 +4,8 @@
 //! containerd's ttrpc Events.Forward, retrying while containerd is away (a restart must not lose
 //! a TaskExit), so the order of `publish` calls is the order containerd sees.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use containerd_shim_protos::events::task as ev;
@@ -98,10 +100,15 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
+/// Topics and times of the events queued and not yet delivered, oldest first: what a state
+/// dump shows, and what keeps an idle shim from exiting.
+type Pending = Arc<Mutex<VecDeque<(&'static str, SystemTime)>>>;
+
 /// The sending side, cheap to clone; `publish` never blocks.
 #[derive(Clone)]
 pub struct Publisher {
     tx: mpsc::UnboundedSender<Msg>,
+    pending: Pending,
 }
 
 impl Publisher {
@@ -111,7 +118,8 @@ impl Publisher {
         namespace: String,
     ) -> (Publisher, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Publisher { tx }, forward_loop(rx, ttrpc_address, namespace))
+        let pending = Pending::default();
+        (Publisher { tx, pending: pending.clone() }, forward_loop(rx, ttrpc_address, namespace, pending))
     }
 
     /// A publisher whose events land in a channel, for tests of event order.
@@ -119,10 +127,13 @@ impl Publisher {
     pub fn recording() -> (Publisher, mpsc::UnboundedReceiver<Event>) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (etx, erx) = mpsc::unbounded_channel();
+        let pending = Pending::default();
+        let delivered = pending.clone();
         std::thread::spawn(move || {
             while let Some(m) = rx.blocking_recv() {
                 match m {
                     Msg::Event(e, _) => {
+                        delivered.lock().unwrap().pop_front();
                         let _ = etx.send(e);
                     }
                     Msg::Flush(done) => {
@@ -131,12 +142,19 @@ impl Publisher {
                 }
             }
         });
-        (Publisher { tx }, erx)
+        (Publisher { tx, pending }, erx)
     }
 
     pub fn publish(&self, event: Event) {
         log::debug!("event {}", event.topic());
-        let _ = self.tx.send(Msg::Event(event, SystemTime::now()));
+        let now = SystemTime::now();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push_back((event.topic(), now));
+        let _ = self.tx.send(Msg::Event(event, now));
+    }
+
+    /// The events queued and not yet delivered (or given up on), oldest first.
+    pub fn pending(&self) -> Vec<(&'static str, SystemTime)> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
     }
 
     /// Wait until every event queued so far was forwarded (or dropped), at most `limit`.
@@ -150,7 +168,7 @@ impl Publisher {
     }
 }
 
-async fn forward_loop(mut rx: mpsc::UnboundedReceiver<Msg>, address: String, namespace: String) {
+async fn forward_loop(mut rx: mpsc::UnboundedReceiver<Msg>, address: String, namespace: String, pending: Pending) {
     let mut client: Option<EventsClient> = None;
     while let Some(msg) = rx.recv().await {
         let (event, at) = match msg {
@@ -197,13 +215,12 @@ async fn forward_loop(mut rx: mpsc::UnboundedReceiver<Msg>, address: String, nam
             }
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
         }
+        pending.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use async_trait::async_trait;
     use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
     use containerd_shim_protos::shim_async::{create_events, Events};
@@ -251,7 +268,9 @@ mod tests {
             .unwrap()
             .register_service(create_events(containerd.clone()));
         server.start().await.unwrap();
+        assert_eq!(publisher.pending().len(), 1, "queued and not delivered");
         assert!(flushing.await.unwrap(), "delivered within the window");
+        assert!(publisher.pending().is_empty());
         let got = containerd.got.lock().unwrap().clone();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].topic, "/tasks/exit");

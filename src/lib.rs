@@ -11,6 +11,7 @@ pub mod cli;
 pub mod container;
 pub mod error;
 pub mod events;
+pub mod idle;
 pub mod logger;
 pub mod mount;
 pub mod options;
@@ -22,6 +23,7 @@ pub mod signals;
 pub mod stdio;
 pub mod supervisor;
 pub mod task_service;
+pub mod version;
 
 /// A pid above the kernel's PID_MAX_LIMIT (4194304): no process ever has it. Tests use it (and
 /// neighbours) for processes that must read as gone.

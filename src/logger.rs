@@ -26,9 +26,30 @@ pub fn init(debug: bool, namespace: &str, id: &str) {
     }
 }
 
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+    use log::Log as _;
+
+    #[test]
+    fn ttrpc_warnings_pass_its_debug_does_not() {
+        let l = ShimLogger { level: log::LevelFilter::Debug, suffix: String::new() };
+        let m = |target, level| log::Metadata::builder().target(target).level(level).build();
+        assert!(l.enabled(&m("ttrpc::asynchronous::server", log::Level::Warn)));
+        assert!(l.enabled(&m("ttrpc::asynchronous::server", log::Level::Error)));
+        assert!(!l.enabled(&m("ttrpc::asynchronous::server", log::Level::Debug)));
+        assert!(l.enabled(&m("rustshim::supervisor", log::Level::Debug)));
+        let quiet = ShimLogger { level: log::LevelFilter::Info, suffix: String::new() };
+        assert!(!quiet.enabled(&m("rustshim::supervisor", log::Level::Debug)));
+    }
+}
+
 impl log::Log for ShimLogger {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= self.level && !m.target().starts_with("ttrpc")
+        // The ttrpc crate's own lines: its warnings and errors ("timed out", a broken
+        // connection) are what an operator needs; its debug chatter is one line per frame.
+        let limit = if m.target().starts_with("ttrpc") { self.level.min(log::LevelFilter::Warn) } else { self.level };
+        m.level() <= limit
     }
 
     fn log(&self, record: &log::Record) {

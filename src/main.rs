@@ -2,7 +2,10 @@
 
 use std::process::ExitCode;
 
-use rustshim::{bootstrap, cli, logger, server};
+use rustshim::{bootstrap, cli, logger, server, version};
+
+/// Set by scripts/build-release.sh's flags for this binary only.
+const STATIC_BUILD: bool = cfg!(target_feature = "crt-static");
 
 fn main() -> ExitCode {
     let flags = match cli::parse(std::env::args().skip(1)) {
@@ -15,11 +18,13 @@ fn main() -> ExitCode {
     match flags.action {
         cli::Action::Version => {
             println!("containerd-shim-rustshim-v2:");
-            println!("  Version:  {}", env!("CARGO_PKG_VERSION"));
+            println!("  Version:  {}", version::VERSION);
+            println!("  Revision: {}", version::GIT_REVISION);
+            println!("  Build:    {}", version::profile(STATIC_BUILD));
             println!("  Runtime:  io.containerd.rustshim.v2");
             ExitCode::SUCCESS
         }
-        cli::Action::Info => match bootstrap::info() {
+        cli::Action::Info => match bootstrap::info(&version::profile(STATIC_BUILD)) {
             Ok(bytes) => {
                 bootstrap::print(&bytes);
                 ExitCode::SUCCESS
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
 
 fn serve(flags: &cli::Flags) -> ExitCode {
     logger::init(flags.debug, &flags.namespace, &flags.id);
+    log::info!("rustshim {} starting", version::describe(STATIC_BUILD));
     if let Err(e) = server::prepare_process() {
         log::error!("cannot become subreaper: {e}");
         return ExitCode::FAILURE;

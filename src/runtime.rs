@@ -231,15 +231,37 @@ impl Runc {
         a
     }
 
-    async fn simple(&self, call: &Call, verb: &'static str, args: &[&str]) -> Result<Vec<u8>> {
+    async fn simple(&self, call: &Call, verb: &'static str, id: &str, args: &[&str]) -> Result<Vec<u8>> {
         let mut a = self.config.global_args();
         a.extend(args.iter().map(OsString::from));
-        self.call(call, verb, a, None, None).await
+        self.call(call, verb, id, a, None, None).await
     }
 
     /// Run the runtime once. With `stdio`, those fds become the runtime's (and so the container
     /// process's) stdio and nothing is captured; otherwise stdout and stderr are captured.
     async fn call(
+        &self,
+        call: &Call,
+        verb: &'static str,
+        id: &str,
+        args: Vec<OsString>,
+        stdio: Option<ProcessStdio>,
+        input: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        // One debug line per runtime call: what ran, how long it took, how it ended (its
+        // log.json error when it failed).
+        let argv = args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
+        let start = Instant::now();
+        let r = self.run(call, verb, args, stdio, input).await;
+        let took = start.elapsed();
+        match &r {
+            Ok(_) => log::debug!("runtime {verb} id={id} took={took:?} status=0 argv=[{} {argv}]", self.config.binary),
+            Err(e) => log::debug!("runtime {verb} id={id} took={took:?} failed: {e} argv=[{} {argv}]", self.config.binary),
+        }
+        r
+    }
+
+    async fn run(
         &self,
         call: &Call,
         verb: &'static str,
@@ -347,23 +369,23 @@ impl Runc {
 impl OciRuntime for Runc {
     async fn create(&self, call: &Call, id: &str, o: &CreateOpts<'_>, stdio: ProcessStdio) -> Result<i32> {
         let _ = std::fs::remove_file(o.pid_file);
-        self.call(call, "create", self.create_args(id, o), Some(stdio), None).await?;
+        self.call(call, "create", id, self.create_args(id, o), Some(stdio), None).await?;
         read_pid_file(o.pid_file)
     }
 
     async fn restore(&self, call: &Call, id: &str, o: &CreateOpts<'_>, criu: &CriuOpts, stdio: ProcessStdio) -> Result<i32> {
         let _ = std::fs::remove_file(o.pid_file);
-        self.call(call, "restore", self.restore_args(id, o, criu), Some(stdio), None).await?;
+        self.call(call, "restore", id, self.restore_args(id, o, criu), Some(stdio), None).await?;
         read_pid_file(o.pid_file)
     }
 
     async fn start(&self, call: &Call, id: &str) -> Result<()> {
-        self.simple(call, "start", &["start", id]).await.map(drop)
+        self.simple(call, "start", id, &["start", id]).await.map(drop)
     }
 
     async fn exec(&self, call: &Call, id: &str, o: &ExecOpts<'_>, stdio: ProcessStdio) -> Result<i32> {
         let _ = std::fs::remove_file(o.pid_file);
-        self.call(call, "exec", self.exec_args(id, o), Some(stdio), None).await?;
+        self.call(call, "exec", id, self.exec_args(id, o), Some(stdio), None).await?;
         read_pid_file(o.pid_file)
     }
 
@@ -374,7 +396,7 @@ impl OciRuntime for Runc {
             a.push("--all");
         }
         a.extend([id, sig.as_str()]);
-        self.simple(call, "kill", &a).await.map(drop)
+        self.simple(call, "kill", id, &a).await.map(drop)
     }
 
     async fn delete(&self, call: &Call, id: &str, force: bool) -> Result<()> {
@@ -383,22 +405,22 @@ impl OciRuntime for Runc {
             a.push("--force");
         }
         a.push(id);
-        match self.simple(call, "delete", &a).await {
+        match self.simple(call, "delete", id, &a).await {
             Err(Error::Runtime { message, .. }) if crate::error::runtime_says_gone(&message) => Ok(()),
             r => r.map(drop),
         }
     }
 
     async fn pause(&self, call: &Call, id: &str) -> Result<()> {
-        self.simple(call, "pause", &["pause", id]).await.map(drop)
+        self.simple(call, "pause", id, &["pause", id]).await.map(drop)
     }
 
     async fn resume(&self, call: &Call, id: &str) -> Result<()> {
-        self.simple(call, "resume", &["resume", id]).await.map(drop)
+        self.simple(call, "resume", id, &["resume", id]).await.map(drop)
     }
 
     async fn ps(&self, call: &Call, id: &str) -> Result<Vec<u32>> {
-        let out = self.simple(call, "ps", &["ps", "--format", "json", id]).await?;
+        let out = self.simple(call, "ps", id, &["ps", "--format", "json", id]).await?;
         let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| Error::Runtime {
             verb: "ps",
             message: format!("cannot parse runtime output: {e}"),
@@ -411,12 +433,12 @@ impl OciRuntime for Runc {
     async fn update(&self, call: &Call, id: &str, resources_json: Vec<u8>) -> Result<()> {
         let mut a = self.config.global_args();
         a.extend(["update".into(), "--resources".into(), "-".into(), id.into()]);
-        self.call(call, "update", a, None, Some(resources_json)).await.map(drop)
+        self.call(call, "update", id, a, None, Some(resources_json)).await.map(drop)
     }
 
     async fn checkpoint(&self, call: &Call, id: &str, criu: &CriuOpts, leave_running: bool) -> Result<()> {
         let args = self.checkpoint_args(id, criu, leave_running);
-        self.call(call, "checkpoint", args, None, None).await.map(drop)
+        self.call(call, "checkpoint", id, args, None, None).await.map(drop)
     }
 }
 

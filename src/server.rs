@@ -49,14 +49,32 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     server.start().await.map_err(|e| format!("start ttrpc server: {e}"))?;
     log::info!("serving on {}", cfg.socket_path.as_deref().unwrap_or("inherited socket"));
 
+    let idle_limit = crate::idle::limit();
     let fatal = loop {
+        // The leaked-shim check runs only while no process lives: a busy shim never wakes for it.
+        let check = idle_limit.filter(|_| sup.idle_facts().live_processes == 0).map(crate::idle::check_every);
         tokio::select! {
             _ = sup.shutdown.notified() => break None,
+            _ = sup.changed.notified() => {}
+            _ = tokio::time::sleep(check.unwrap_or_default()), if check.is_some() => {
+                let limit = idle_limit.unwrap_or_default();
+                match crate::idle::verdict(&sup.idle_facts(), limit) {
+                    Ok(()) => {
+                        log::warn!(
+                            "exiting: no live process, no bundle, no undelivered exit, and no call from containerd for {}s (a shim containerd lost track of)",
+                            limit.as_secs()
+                        );
+                        break None;
+                    }
+                    Err(why) => log::debug!("leaked-shim check: staying ({why})"),
+                }
+            }
             sig = other_signals.recv() => match sig {
                 Some(Signal::SIGTERM | Signal::SIGINT) => {
                     log::info!("SIGTERM/SIGINT: shutting down");
                     break None;
                 }
+                Some(Signal::SIGUSR1) => sup.dump().iter().for_each(|l| log::info!("{l}")),
                 Some(sig) => log::debug!("signal {sig} ignored"),
                 None => {}
             },

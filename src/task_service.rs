@@ -30,6 +30,13 @@ impl TaskService {
     pub fn new(sup: Arc<Supervisor>) -> Self {
         TaskService { sup }
     }
+
+    /// Every RPC starts here: it is logged, and it counts as containerd calling (for the
+    /// leaked-shim check).
+    fn rpc(&self, method: &'static str, id: &str, exec_id: &str) -> RpcLog {
+        self.sup.touch();
+        RpcLog::new(method, id, exec_id)
+    }
 }
 
 /// containerd's identifier rule (alphanumerics separated by single `.`, `_` or `-`, at most 76
@@ -71,6 +78,55 @@ fn bare_type(url: &str) -> &str {
 
 type R<T> = ttrpc::Result<T>;
 
+/// One line per RPC at debug (method, ids, duration, ttrpc code); a failed one at warn, with its
+/// cause. A request whose future is dropped before it answers (its caller went away or its
+/// deadline passed) says so when dropped.
+struct RpcLog {
+    method: &'static str,
+    id: String,
+    exec_id: String,
+    start: std::time::Instant,
+    done: bool,
+}
+
+impl RpcLog {
+    fn new(method: &'static str, id: &str, exec_id: &str) -> RpcLog {
+        RpcLog { method, id: id.to_string(), exec_id: exec_id.to_string(), start: std::time::Instant::now(), done: false }
+    }
+
+    fn finish<T>(mut self, r: R<T>) -> R<T> {
+        self.done = true;
+        let took = self.start.elapsed();
+        match &r {
+            Ok(_) => log::debug!("rpc {} id={} exec_id={} took={took:?} code=OK", self.method, self.id, self.exec_id),
+            Err(ttrpc::Error::RpcStatus(st)) => log::warn!(
+                "rpc {} id={} exec_id={} took={took:?} code={:?}: {}",
+                self.method,
+                self.id,
+                self.exec_id,
+                st.code(),
+                st.message
+            ),
+            Err(e) => log::warn!("rpc {} id={} exec_id={} took={took:?}: {e}", self.method, self.id, self.exec_id),
+        }
+        r
+    }
+}
+
+impl Drop for RpcLog {
+    fn drop(&mut self) {
+        if !self.done {
+            log::info!(
+                "rpc {} id={} exec_id={} dropped after {:?}: the caller went away or its deadline passed",
+                self.method,
+                self.id,
+                self.exec_id,
+                self.start.elapsed()
+            );
+        }
+    }
+}
+
 /// The caller's deadline (ttrpc's `timeout_nano`, which containerd's client fills from its
 /// context) for the work this request starts.
 fn call_of(ctx: &TtrpcContext) -> Call {
@@ -80,208 +136,276 @@ fn call_of(ctx: &TtrpcContext) -> Call {
 #[async_trait]
 impl Task for TaskService {
     async fn create(&self, ctx: &TtrpcContext, req: api::CreateTaskRequest) -> R<api::CreateTaskResponse> {
-        check(&req.id, "")?;
-        let bundle = std::path::PathBuf::from(&req.bundle);
-        if !bundle.is_absolute() {
-            return Err(Error::InvalidArgument(format!("bundle {:?} is not an absolute path", req.bundle)).into());
+        let rpc = self.rpc("Create", &req.id, "");
+        rpc.finish(async {
+            check(&req.id, "")?;
+            let bundle = std::path::PathBuf::from(&req.bundle);
+            if !bundle.is_absolute() {
+                return Err(Error::InvalidArgument(format!("bundle {:?} is not an absolute path", req.bundle)).into());
+            }
+            let options = options::decode(req.options.as_ref())?;
+            let pid = self
+                .sup
+                .create(call_of(ctx), CreateRequest {
+                    id: req.id.clone(),
+                    bundle,
+                    checkpoint: req.checkpoint.clone(),
+                    parent_checkpoint: req.parent_checkpoint.clone(),
+                    rootfs: req.rootfs.clone(),
+                    stdio: StdioPaths {
+                        stdin: req.stdin.clone(),
+                        stdout: req.stdout.clone(),
+                        stderr: req.stderr.clone(),
+                        terminal: req.terminal,
+                    },
+                    options,
+                })
+                .await?;
+            Ok(api::CreateTaskResponse { pid, ..Default::default() })
         }
-        let options = options::decode(req.options.as_ref())?;
-        let pid = self
-            .sup
-            .create(call_of(ctx), CreateRequest {
-                id: req.id.clone(),
-                bundle,
-                checkpoint: req.checkpoint.clone(),
-                parent_checkpoint: req.parent_checkpoint.clone(),
-                rootfs: req.rootfs.clone(),
-                stdio: StdioPaths {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                },
-                options,
-            })
-            .await?;
-        Ok(api::CreateTaskResponse { pid, ..Default::default() })
+        .await)
     }
 
     async fn start(&self, ctx: &TtrpcContext, req: api::StartRequest) -> R<api::StartResponse> {
-        check(&req.id, &req.exec_id)?;
-        let pid = self.sup.start(call_of(ctx), &req.id, &req.exec_id).await?;
-        Ok(api::StartResponse { pid, ..Default::default() })
+        let rpc = self.rpc("Start", &req.id, &req.exec_id);
+        rpc.finish(async {
+            check(&req.id, &req.exec_id)?;
+            let pid = self.sup.start(call_of(ctx), &req.id, &req.exec_id).await?;
+            Ok(api::StartResponse { pid, ..Default::default() })
+        }
+        .await)
     }
 
     async fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> R<api::StateResponse> {
-        check(&req.id, &req.exec_id)?;
-        let s = self.sup.state(&req.id, &req.exec_id)?;
-        let (exit_status, exited_at) = match s.exit {
-            Some((st, at)) => (st, timestamp(at)),
-            None => (0, MessageField::none()),
-        };
-        Ok(api::StateResponse {
-            id: s.id,
-            bundle: s.bundle,
-            pid: s.pid,
-            status: EnumOrUnknown::new(status_of(s.status, s.container_paused)),
-            stdin: s.stdio.stdin,
-            stdout: s.stdio.stdout,
-            stderr: s.stdio.stderr,
-            terminal: s.stdio.terminal,
-            exit_status,
-            exited_at,
-            exec_id: req.exec_id,
-            ..Default::default()
-        })
+        let rpc = self.rpc("State", &req.id, &req.exec_id);
+        rpc.finish(async {
+            check(&req.id, &req.exec_id)?;
+            let s = self.sup.state(&req.id, &req.exec_id)?;
+            let (exit_status, exited_at) = match s.exit {
+                Some((st, at)) => (st, timestamp(at)),
+                None => (0, MessageField::none()),
+            };
+            Ok(api::StateResponse {
+                id: s.id,
+                bundle: s.bundle,
+                pid: s.pid,
+                status: EnumOrUnknown::new(status_of(s.status, s.container_paused)),
+                stdin: s.stdio.stdin,
+                stdout: s.stdio.stdout,
+                stderr: s.stdio.stderr,
+                terminal: s.stdio.terminal,
+                exit_status,
+                exited_at,
+                exec_id: req.exec_id,
+                ..Default::default()
+            })
+        }
+        .await)
     }
 
     async fn delete(&self, ctx: &TtrpcContext, req: api::DeleteRequest) -> R<api::DeleteResponse> {
-        check(&req.id, &req.exec_id)?;
-        let (pid, exit_status, at) = self.sup.delete(call_of(ctx), &req.id, &req.exec_id).await?;
-        Ok(api::DeleteResponse { pid, exit_status, exited_at: timestamp(at), ..Default::default() })
+        let rpc = self.rpc("Delete", &req.id, &req.exec_id);
+        rpc.finish(async {
+            check(&req.id, &req.exec_id)?;
+            let (pid, exit_status, at) = self.sup.delete(call_of(ctx), &req.id, &req.exec_id).await?;
+            Ok(api::DeleteResponse { pid, exit_status, exited_at: timestamp(at), ..Default::default() })
+        }
+        .await)
     }
 
     async fn pids(&self, ctx: &TtrpcContext, req: api::PidsRequest) -> R<api::PidsResponse> {
-        check(&req.id, "")?;
-        let processes = self
-            .sup
-            .pids(call_of(ctx), &req.id)
-            .await?
-            .into_iter()
-            .map(|(pid, exec)| {
-                let info = exec.map(|exec_id| {
-                    let d = ProcessDetails { exec_id, ..Default::default() };
-                    let mut any = Any::new();
-                    any.type_url = "containerd.runc.v1.ProcessDetails".into();
-                    any.value = d.write_to_bytes().unwrap_or_default();
-                    any
-                });
-                api::ProcessInfo { pid, info: info.into(), ..Default::default() }
-            })
-            .collect();
-        Ok(api::PidsResponse { processes, ..Default::default() })
+        let rpc = self.rpc("Pids", &req.id, "");
+        rpc.finish(async {
+            check(&req.id, "")?;
+            let processes = self
+                .sup
+                .pids(call_of(ctx), &req.id)
+                .await?
+                .into_iter()
+                .map(|(pid, exec)| {
+                    let info = exec.map(|exec_id| {
+                        let d = ProcessDetails { exec_id, ..Default::default() };
+                        let mut any = Any::new();
+                        any.type_url = "containerd.runc.v1.ProcessDetails".into();
+                        any.value = d.write_to_bytes().unwrap_or_default();
+                        any
+                    });
+                    api::ProcessInfo { pid, info: info.into(), ..Default::default() }
+                })
+                .collect();
+            Ok(api::PidsResponse { processes, ..Default::default() })
+        }
+        .await)
     }
 
     async fn pause(&self, ctx: &TtrpcContext, req: api::PauseRequest) -> R<Empty> {
-        check(&req.id, "")?;
-        self.sup.pause(call_of(ctx), &req.id, true).await?;
-        Ok(Empty::new())
+        let rpc = self.rpc("Pause", &req.id, "");
+        rpc.finish(async {
+            check(&req.id, "")?;
+            self.sup.pause(call_of(ctx), &req.id, true).await?;
+            Ok(Empty::new())
+        }
+        .await)
     }
 
     async fn resume(&self, ctx: &TtrpcContext, req: api::ResumeRequest) -> R<Empty> {
-        check(&req.id, "")?;
-        self.sup.pause(call_of(ctx), &req.id, false).await?;
-        Ok(Empty::new())
+        let rpc = self.rpc("Resume", &req.id, "");
+        rpc.finish(async {
+            check(&req.id, "")?;
+            self.sup.pause(call_of(ctx), &req.id, false).await?;
+            Ok(Empty::new())
+        }
+        .await)
     }
 
     async fn checkpoint(&self, ctx: &TtrpcContext, req: api::CheckpointTaskRequest) -> R<Empty> {
-        check(&req.id, "")?;
-        let mut o = CheckpointOptions::new();
-        if let Some(any) = req.options.as_ref().filter(|a| !a.type_url.is_empty() || !a.value.is_empty()) {
-            if bare_type(&any.type_url) != "containerd.runc.v1.CheckpointOptions" {
-                return Err(Error::InvalidArgument(format!(
-                    "checkpoint: unsupported options type {:?}",
-                    any.type_url
-                ))
-                .into());
+        let rpc = self.rpc("Checkpoint", &req.id, "");
+        rpc.finish(async {
+            check(&req.id, "")?;
+            let mut o = CheckpointOptions::new();
+            if let Some(any) = req.options.as_ref().filter(|a| !a.type_url.is_empty() || !a.value.is_empty()) {
+                if bare_type(&any.type_url) != "containerd.runc.v1.CheckpointOptions" {
+                    return Err(Error::InvalidArgument(format!(
+                        "checkpoint: unsupported options type {:?}",
+                        any.type_url
+                    ))
+                    .into());
+                }
+                o = CheckpointOptions::parse_from_bytes(&any.value)
+                    .map_err(|e| Error::InvalidArgument(format!("checkpoint: bad options: {e}")))?;
             }
-            o = CheckpointOptions::parse_from_bytes(&any.value)
-                .map_err(|e| Error::InvalidArgument(format!("checkpoint: bad options: {e}")))?;
+            let image = if req.path.is_empty() { o.image_path.clone() } else { req.path.clone() };
+            let criu = CriuOpts {
+                image_path: image.into(),
+                work_path: o.work_path.clone().into(),
+                parent_path: None,
+                open_tcp: o.open_tcp,
+                external_unix_sockets: o.external_unix_sockets,
+                shell_job: o.terminal,
+                file_locks: o.file_locks,
+                empty_namespaces: o.empty_namespaces.clone(),
+                cgroups_mode: o.cgroups_mode.clone(),
+            };
+            self.sup.checkpoint(call_of(ctx), &req.id, criu, o.exit).await?;
+            Ok(Empty::new())
         }
-        let image = if req.path.is_empty() { o.image_path.clone() } else { req.path.clone() };
-        let criu = CriuOpts {
-            image_path: image.into(),
-            work_path: o.work_path.clone().into(),
-            parent_path: None,
-            open_tcp: o.open_tcp,
-            external_unix_sockets: o.external_unix_sockets,
-            shell_job: o.terminal,
-            file_locks: o.file_locks,
-            empty_namespaces: o.empty_namespaces.clone(),
-            cgroups_mode: o.cgroups_mode.clone(),
-        };
-        self.sup.checkpoint(call_of(ctx), &req.id, criu, o.exit).await?;
-        Ok(Empty::new())
+        .await)
     }
 
     async fn kill(&self, ctx: &TtrpcContext, req: api::KillRequest) -> R<Empty> {
-        check(&req.id, &req.exec_id)?;
-        self.sup.kill(call_of(ctx), &req.id, &req.exec_id, req.signal, req.all).await?;
-        Ok(Empty::new())
+        let rpc = self.rpc("Kill", &req.id, &req.exec_id);
+        rpc.finish(async {
+            check(&req.id, &req.exec_id)?;
+            self.sup.kill(call_of(ctx), &req.id, &req.exec_id, req.signal, req.all).await?;
+            Ok(Empty::new())
+        }
+        .await)
     }
 
     async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> R<Empty> {
-        check(&req.id, &req.exec_id)?;
-        if req.exec_id.is_empty() {
-            return Err(Error::InvalidArgument("exec id must not be empty".into()).into());
+        let rpc = self.rpc("Exec", &req.id, &req.exec_id);
+        rpc.finish(async {
+            check(&req.id, &req.exec_id)?;
+            if req.exec_id.is_empty() {
+                return Err(Error::InvalidArgument("exec id must not be empty".into()).into());
+            }
+            let spec = req
+                .spec
+                .as_ref()
+                .ok_or_else(|| Error::InvalidArgument(format!("exec {}: no process spec", req.exec_id)))?;
+            let stdio = StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            };
+            self.sup.add_exec(&req.id, &req.exec_id, stdio, spec.value.clone())?;
+            Ok(Empty::new())
         }
-        let spec = req
-            .spec
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument(format!("exec {}: no process spec", req.exec_id)))?;
-        let stdio = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        self.sup.add_exec(&req.id, &req.exec_id, stdio, spec.value.clone())?;
-        Ok(Empty::new())
+        .await)
     }
 
     async fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> R<Empty> {
-        check(&req.id, &req.exec_id)?;
-        self.sup.resize_pty(&req.id, &req.exec_id, req.width, req.height)?;
-        Ok(Empty::new())
+        let rpc = self.rpc("ResizePty", &req.id, &req.exec_id);
+        rpc.finish(async {
+            check(&req.id, &req.exec_id)?;
+            self.sup.resize_pty(&req.id, &req.exec_id, req.width, req.height)?;
+            Ok(Empty::new())
+        }
+        .await)
     }
 
     async fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> R<Empty> {
-        check(&req.id, &req.exec_id)?;
-        if req.stdin {
-            self.sup.close_io(&req.id, &req.exec_id)?;
+        let rpc = self.rpc("CloseIO", &req.id, &req.exec_id);
+        rpc.finish(async {
+            check(&req.id, &req.exec_id)?;
+            if req.stdin {
+                self.sup.close_io(&req.id, &req.exec_id)?;
+            }
+            Ok(Empty::new())
         }
-        Ok(Empty::new())
+        .await)
     }
 
     async fn update(&self, ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> R<Empty> {
-        check(&req.id, "")?;
-        let res = req
-            .resources
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("update: no resources".into()))?;
-        let t = bare_type(&res.type_url);
-        if t != "LinuxResources" {
-            return Err(Error::InvalidArgument(format!("update: unsupported resources type {:?}", res.type_url)).into());
+        let rpc = self.rpc("Update", &req.id, "");
+        rpc.finish(async {
+            check(&req.id, "")?;
+            let res = req
+                .resources
+                .as_ref()
+                .ok_or_else(|| Error::InvalidArgument("update: no resources".into()))?;
+            let t = bare_type(&res.type_url);
+            if t != "LinuxResources" {
+                return Err(Error::InvalidArgument(format!("update: unsupported resources type {:?}", res.type_url)).into());
+            }
+            serde_json::from_slice::<serde_json::Value>(&res.value)
+                .map_err(|e| Error::InvalidArgument(format!("update: invalid resources JSON: {e}")))?;
+            self.sup.update(call_of(ctx), &req.id, res.value.clone()).await?;
+            Ok(Empty::new())
         }
-        serde_json::from_slice::<serde_json::Value>(&res.value)
-            .map_err(|e| Error::InvalidArgument(format!("update: invalid resources JSON: {e}")))?;
-        self.sup.update(call_of(ctx), &req.id, res.value.clone()).await?;
-        Ok(Empty::new())
+        .await)
     }
 
     async fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> R<api::WaitResponse> {
-        check(&req.id, &req.exec_id)?;
-        let (exit_status, at): (u32, SystemTime) = self.sup.wait(&req.id, &req.exec_id).await?;
-        Ok(api::WaitResponse { exit_status, exited_at: timestamp(at), ..Default::default() })
+        let rpc = self.rpc("Wait", &req.id, &req.exec_id);
+        rpc.finish(async {
+            check(&req.id, &req.exec_id)?;
+            let (exit_status, at): (u32, SystemTime) = self.sup.wait(&req.id, &req.exec_id).await?;
+            Ok(api::WaitResponse { exit_status, exited_at: timestamp(at), ..Default::default() })
+        }
+        .await)
     }
 
     async fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> R<api::StatsResponse> {
-        check(&req.id, "")?;
-        let stats = self.sup.stats(&req.id)?;
-        Ok(api::StatsResponse { stats: MessageField::some(stats), ..Default::default() })
+        let rpc = self.rpc("Stats", &req.id, "");
+        rpc.finish(async {
+            check(&req.id, "")?;
+            let stats = self.sup.stats(&req.id)?;
+            Ok(api::StatsResponse { stats: MessageField::some(stats), ..Default::default() })
+        }
+        .await)
     }
 
     async fn connect(&self, _: &TtrpcContext, req: api::ConnectRequest) -> R<api::ConnectResponse> {
-        Ok(api::ConnectResponse {
-            shim_pid: std::process::id(),
-            task_pid: self.sup.init_pid(&req.id),
-            ..Default::default()
-        })
+        let rpc = self.rpc("Connect", &req.id, "");
+        rpc.finish(async {
+            Ok(api::ConnectResponse {
+                shim_pid: std::process::id(),
+                task_pid: self.sup.init_pid(&req.id),
+                ..Default::default()
+            })
+        }
+        .await)
     }
 
-    async fn shutdown(&self, _: &TtrpcContext, _req: api::ShutdownRequest) -> R<Empty> {
-        self.sup.request_shutdown();
-        Ok(Empty::new())
+    async fn shutdown(&self, _: &TtrpcContext, req: api::ShutdownRequest) -> R<Empty> {
+        let rpc = self.rpc("Shutdown", &req.id, "");
+        rpc.finish(async {
+            self.sup.request_shutdown();
+            Ok(Empty::new())
+        }
+        .await)
     }
 }
 

@@ -77,14 +77,16 @@ impl ExitRouter {
         }
     }
 
-    #[cfg(test)]
     pub fn kept(&self) -> usize {
         self.unmatched.len()
     }
 
-    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.starts.len()
+    }
+
+    pub fn unmatched(&self) -> Vec<(i32, u32, SystemTime)> {
+        self.unmatched.iter().map(|(_, e)| (e.pid, e.status, e.at)).collect()
     }
 }
 
@@ -187,6 +189,7 @@ impl ExitSink for Supervisor {
             crate::bundle::persist_exit(&c.bundle, exit.status, exit.at);
         }
         self.settle(c);
+        self.changed.notify_one();
     }
 }
 

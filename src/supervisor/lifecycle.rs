@@ -408,6 +408,7 @@ impl Supervisor {
         for w in [&c.oom_watch, &c.kill_rest].into_iter().flatten() {
             w.abort();
         }
+        self.changed.notify_one();
         // Exits seen and not yet told go out before TaskDelete, execs first.
         for e in c.all_pending_exits() {
             self.publisher.publish(e);

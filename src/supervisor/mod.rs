@@ -13,6 +13,7 @@
 //! children it started. Every await in this module is inside such a task.
 
 mod exits;
+mod inspect;
 mod lifecycle;
 #[cfg(test)]
 mod tests;
@@ -93,6 +94,10 @@ pub struct Supervisor {
     me: Weak<Supervisor>,
     /// Notified when Shutdown finds nothing left to serve.
     pub shutdown: Notify,
+    /// When containerd last called (the leaked-shim check).
+    last_call: Mutex<std::time::Instant>,
+    /// Notified when a process exits or a container goes: the leaked-shim check looks again.
+    pub changed: Notify,
 }
 
 /// An id reserved by a Create until its container is registered or its rollback is done.
@@ -130,6 +135,8 @@ impl Supervisor {
             namespace,
             me: me.clone(),
             shutdown: Notify::new(),
+            last_call: Mutex::new(std::time::Instant::now()),
+            changed: Notify::new(),
         })
     }
 
