@@ -7,6 +7,7 @@
 
 pub mod binary;
 pub mod console;
+pub mod splice;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -105,9 +106,26 @@ pub struct PendingIo {
 enum Sink {
     Pipe(pipe::Sender),
     /// `file://`: written on tokio's blocking pool, since a write to a regular file can block
-    /// (a slow disk, NFS) and the shim serves everything from one thread. None only while a
-    /// write is out.
-    File(Option<std::fs::File>),
+    /// (a slow disk, NFS) and the shim serves everything from one thread.
+    File(Arc<FileLog>),
+}
+
+/// A `file://` log. Opened without O_APPEND, which splice(2) refuses, so every write goes to
+/// the end under this lock instead; stdout and stderr naming the same file share one FileLog.
+pub struct FileLog {
+    file: Mutex<std::fs::File>,
+}
+
+impl FileLog {
+    fn at_end(&self) -> std::io::Result<std::sync::MutexGuard<'_, std::fs::File>> {
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        std::io::Seek::seek(&mut *f, std::io::SeekFrom::End(0))?;
+        Ok(f)
+    }
+
+    fn append(&self, buf: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut *self.at_end()?, buf)
+    }
 }
 
 impl Sink {
@@ -130,9 +148,9 @@ impl Sink {
                 }
                 use std::os::unix::fs::OpenOptionsExt as _;
                 let mut opts = std::fs::OpenOptions::new();
-                opts.append(true).create(true).mode(0o644);
+                opts.write(true).create(true).mode(0o644);
                 crate::bundle::open_regular(&mut opts, p)
-                    .map(|f| Some(Sink::File(Some(f))))
+                    .map(|f| Some(Sink::File(Arc::new(FileLog { file: Mutex::new(f) }))))
                     .map_err(|e| Error::InvalidArgument(format!("{what} file {}: {e}", p.display())))
             }
         }
@@ -141,17 +159,9 @@ impl Sink {
     async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         match self {
             Sink::Pipe(s) => s.write_all(buf).await,
-            Sink::File(slot) => {
-                let mut f = slot.take().ok_or_else(|| std::io::Error::other("file sink lost"))?;
-                let data = buf.to_vec();
-                let (f, r) = tokio::task::spawn_blocking(move || {
-                    let r = std::io::Write::write_all(&mut f, &data);
-                    (f, r)
-                })
-                .await
-                .map_err(std::io::Error::other)?;
-                *slot = Some(f);
-                r
+            Sink::File(log) => {
+                let (log, data) = (log.clone(), buf.to_vec());
+                tokio::task::spawn_blocking(move || log.append(&data)).await.map_err(std::io::Error::other)?
             }
         }
     }
@@ -201,9 +211,14 @@ impl PendingIo {
             console_socket: None,
             stdin,
             stdout: Sink::open(&stdout_t, "stdout")?,
-            stderr: Sink::open(&stderr_t, "stderr")?,
+            stderr: None,
             pipes: (None, None, None),
             logger: None,
+        };
+        // One FileLog for both when they name the same file (containerd's file:// does).
+        io.stderr = match (&stdout_t, &stderr_t, &io.stdout) {
+            (Target::File(a), Target::File(b), Some(Sink::File(log))) if a == b => Some(Sink::File(log.clone())),
+            _ => Sink::open(&stderr_t, "stderr")?,
         };
         let mut logger_fds = (None, None);
         if paths.terminal {
@@ -278,10 +293,10 @@ impl PendingIo {
             *io.stdin_copy.get_mut().unwrap() = Some(tokio::spawn(copy(fifo, Dest::Pipe(w))));
         }
         if let (Some(r), Some(sink)) = (stdout_r, self.stdout.take()) {
-            io.output_copies.get_mut().unwrap().push(tokio::spawn(copy(r, Dest::Sink(sink))));
+            io.output_copies.get_mut().unwrap().push(tokio::spawn(copy_output(r, sink)));
         }
         if let (Some(r), Some(sink)) = (stderr_r, self.stderr.take()) {
-            io.output_copies.get_mut().unwrap().push(tokio::spawn(copy(r, Dest::Sink(sink))));
+            io.output_copies.get_mut().unwrap().push(tokio::spawn(copy_output(r, sink)));
         }
         Ok(io)
     }
@@ -373,6 +388,20 @@ impl Dest {
             Dest::Pipe(p) => p.write_all(buf).await,
             Dest::Console(c) => c.write_all(buf).await,
         }
+    }
+}
+
+/// A container's output pipe into its FIFO or file: spliced, without a buffer of the shim's;
+/// copied with read/write where splice does not apply.
+async fn copy_output(from: pipe::Receiver, to: Sink) {
+    let ended = match &to {
+        Sink::Pipe(p) => splice::to_pipe(&from, p).await,
+        Sink::File(log) => splice::to_file(&from, log.clone()).await,
+    };
+    match ended {
+        splice::Ended::Eof => {}
+        splice::Ended::Failed(e) => log::warn!("stdio copy: {e}"),
+        splice::Ended::Unsupported => copy(from, Dest::Sink(to)).await,
     }
 }
 
