@@ -13,6 +13,6 @@ if ! command -v stress >/dev/null; then
 fi
 stress -c "${STRESS_CPUS:-2}" >/dev/null 2>&1 &
 stress_pid=$!
-trap 'kill -- "$stress_pid" 2>/dev/null; pkill -P "$stress_pid" 2>/dev/null || true' EXIT
+trap 'pkill -P "$stress_pid" 2>/dev/null; kill "$stress_pid" 2>/dev/null || true' EXIT
 echo "==> stress -c ${STRESS_CPUS:-2} (pid $stress_pid) beside scripts/test.sh"
 bash scripts/test.sh "$@"
