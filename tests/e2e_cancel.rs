@@ -20,25 +20,32 @@ use common::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// A `runc` for containerd's PATH that hangs in `create` while `hang` exists (recording its
-/// pid), and is the real runc otherwise.
-fn hanging_runc(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let bin = dir.join("hang-bin");
+/// Writes `<dir>/<name>/runc`, a wrapper around the real runc given as `{real}` in `script`,
+/// and returns a PATH for containerd with it first, then the shim under test (as the harness
+/// puts it), then the rest.
+fn runc_on_path(dir: &Path, name: &str, script: &str) -> String {
+    let bin = dir.join(name);
     fs::create_dir_all(&bin).unwrap();
     let real = which("runc").expect("runc");
+    let path = bin.join("runc");
+    fs::write(&path, script.replace("{real}", &real.display().to_string())).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-rustshim-v2")).parent().unwrap();
+    format!("{}:{}:{}", bin.display(), shim_dir.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+/// A `runc` that hangs in `create` while `<dir>/hang` exists (recording its pid in the file
+/// returned), and is the real runc otherwise.
+fn hanging_runc(dir: &Path) -> (String, std::path::PathBuf) {
     let marker = dir.join("hang");
     let pids = dir.join("hung.pids");
     let script = format!(
-        "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = create ] && [ -e {m} ]; then echo $$ >> {p}; exec sleep 1000; fi\ndone\nexec {real} \"$@\"\n",
+        "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = create ] && [ -e {m} ]; then echo $$ >> {p}; exec sleep 1000; fi\ndone\nexec {{real}} \"$@\"\n",
         m = marker.display(),
         p = pids.display(),
-        real = real.display()
     );
-    let path = bin.join("runc");
-    fs::write(&path, script).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(&marker, "").unwrap();
-    (bin, pids)
+    (runc_on_path(dir, "hang-bin", &script), pids)
 }
 
 fn hung_pids(file: &Path) -> Vec<u32> {
@@ -55,10 +62,7 @@ fn create_cancelled_by_the_callers_deadline() {
     // A scratch dir for the wrapper, outside the harness's (which exists only after start).
     let scratch = std::env::temp_dir().join(format!("rs-hang-{}", random_suffix(6)));
     fs::create_dir_all(&scratch).unwrap();
-    let (bin, pids_file) = hanging_runc(&scratch);
-    // The wrapper first, then the shim under test (as the harness puts it), then the rest.
-    let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-rustshim-v2")).parent().unwrap();
-    let path = format!("{}:{}:{}", bin.display(), shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let (path, pids_file) = hanging_runc(&scratch);
     let Some(c) = Containerd::start_with_env(NAME, &[("PATH", &path)]) else {
         return;
     };
@@ -214,20 +218,13 @@ fn a_hundred_failed_starts_leak_no_fd() {
 
 /// A `runc` wrapper on containerd's PATH that refuses any verb given without `--log`, as test
 /// and vendor wrappers around runc do: every call the shim makes must carry the global flags.
-fn strict_runc(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let bin = dir.join("strict-bin");
-    fs::create_dir_all(&bin).unwrap();
-    let real = which("runc").expect("runc");
+fn strict_runc(dir: &Path) -> (String, std::path::PathBuf) {
     let refused = dir.join("refused");
     let script = format!(
-        "#!/bin/sh\ncase \" $* \" in\n  *\" --log \"*\" --log-format json \"*|*\" --version \"*|*\" features \"*) exec {real} \"$@\" ;;\nesac\necho \"$*\" >> {r}\necho 'refused: no --log' >&2\nexit 1\n",
-        real = real.display(),
+        "#!/bin/sh\ncase \" $* \" in\n  *\" --log \"*\" --log-format json \"*|*\" --version \"*|*\" features \"*) exec {{real}} \"$@\" ;;\nesac\necho \"$*\" >> {r}\necho 'refused: no --log' >&2\nexit 1\n",
         r = refused.display()
     );
-    let path = bin.join("runc");
-    fs::write(&path, script).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    (bin, refused)
+    (runc_on_path(dir, "strict-bin", &script), refused)
 }
 
 #[test]
@@ -235,9 +232,7 @@ fn every_runtime_call_carries_the_global_flags() {
     const NAME: &str = "every_runtime_call_carries_the_global_flags";
     let scratch = std::env::temp_dir().join(format!("rs-strict-{}", random_suffix(6)));
     fs::create_dir_all(&scratch).unwrap();
-    let (bin, refused) = strict_runc(&scratch);
-    let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-rustshim-v2")).parent().unwrap();
-    let path = format!("{}:{}:{}", bin.display(), shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let (path, refused) = strict_runc(&scratch);
     let Some(c) = Containerd::start_with_env(NAME, &[("PATH", &path)]) else {
         return;
     };

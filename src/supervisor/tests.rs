@@ -207,6 +207,14 @@ impl World {
         self.sup.add_exec(id, exec_id, StdioPaths::default(), br#"{"args":["/bin/true"]}"#.to_vec()).unwrap();
     }
 
+    /// A running container (init `init`) with a started exec `e1` (pid `exec`).
+    async fn with_exec(&mut self, id: &str, init: i32, exec: i32, shared_pid_ns: bool) {
+        self.running(id, init, shared_pid_ns).await;
+        self.add_exec(id, "e1");
+        self.fake.then("exec", Step::Pid(exec));
+        self.sup.start(Call::background(), id, "e1").await.unwrap();
+    }
+
     /// Wait (bounded, without a clock race: the work is all on this thread) until `f` holds.
     async fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
         for _ in 0..10_000 {
@@ -394,10 +402,7 @@ async fn state_and_wait_do_not_see_init_stopped_before_its_exit_may_be_told() {
     let mut w = World::new("held");
     let init = Alive::new();
     let exec = Alive::new();
-    w.running("c1", init.pid(), false).await;
-    w.add_exec("c1", "e1");
-    w.fake.then("exec", Step::Pid(exec.pid()));
-    w.sup.start(Call::background(), "c1", "e1").await.unwrap();
+    w.with_exec("c1", init.pid(), exec.pid(), false).await;
     w.exit(init.pid(), 137);
     let s = w.sup.state("c1", "").unwrap();
     assert_eq!((s.status, s.exit), (State::Running, None), "init's exit is held behind e1");
@@ -418,10 +423,7 @@ async fn delete_while_init_exit_is_held_tells_it_before_task_delete() {
     let mut w = World::new("delheld");
     let init = Alive::new();
     let exec = Alive::new();
-    w.running("c1", init.pid(), false).await;
-    w.add_exec("c1", "e1");
-    w.fake.then("exec", Step::Pid(exec.pid()));
-    w.sup.start(Call::background(), "c1", "e1").await.unwrap();
+    w.with_exec("c1", init.pid(), exec.pid(), false).await;
     // containerd restarting deletes a task whose processes it found gone (production.md §2)
     w.exit(init.pid(), 3);
     let (_, status, _) = w.sup.delete(Call::background(), "c1", "").await.unwrap();
@@ -435,10 +437,7 @@ async fn shared_pid_namespace_kills_the_rest_before_reporting_init() {
     let mut w = World::new("sharedpid");
     let init = Alive::new();
     let exec = Alive::new();
-    w.running("c1", init.pid(), true).await;
-    w.add_exec("c1", "e1");
-    w.fake.then("exec", Step::Pid(exec.pid()));
-    w.sup.start(Call::background(), "c1", "e1").await.unwrap();
+    w.with_exec("c1", init.pid(), exec.pid(), true).await;
     let gate = Arc::new(Notify::new());
     w.fake.then("kill", Step::Gate(gate.clone(), 0));
     w.exit(init.pid(), 0);
