@@ -1,7 +1,7 @@
 //! `fuse.<subtype>` / `fuse3.<subtype>` mounts go through the mount.fuse / mount.fuse3 helper,
 //! as containerd's `mountWithHelper`: `mount.fuse3 SOURCE TARGET -o OPT... -t SUBTYPE`.
 //!
-//! The helper runs as a clone child that raises no SIGCHLD (see [`sys::clone_child`]), so the
+//! The helper runs under a clone child that raises no SIGCHLD (see [`sys::clone_child`]), so the
 //! reaper's `waitpid(-1)` cannot take its status; the FUSE daemon it leaves behind is re-parented
 //! to the shim (the subreaper) and reaped by the reaper like any orphan.
 
@@ -70,17 +70,42 @@ pub fn mount(kind: &str, source: &str, target: &Path, options: &[String]) -> Res
     // SAFETY: fresh fds from pipe2.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let w = wr.as_raw_fd();
-    // SAFETY: between clone and exec the child only makes raw syscalls on memory prepared above.
+    // execve makes a clone child an ordinary SIGCHLD child again (the kernel resets its exit
+    // signal), which the reaper would collect. So the clone child does not exec: it forks the
+    // helper as its own child, waits for it, and exits with its status (128+signal if killed).
+    // SAFETY: between clone and exec the children only make raw syscalls on memory prepared above.
     let pid = unsafe {
         sys::clone_child(0, || {
-            let null = libc::open(devnull.as_ptr(), libc::O_RDONLY);
-            if null >= 0 {
-                libc::dup2(null, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let helper = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0usize, 0usize, 0usize, 0usize);
+            if helper == 0 {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let null = libc::open(devnull.as_ptr(), libc::O_RDONLY);
+                if null >= 0 {
+                    libc::dup2(null, 0);
+                }
+                libc::dup2(w, 1);
+                libc::dup2(w, 2);
+                libc::execv(cexe.as_ptr(), argv.as_ptr());
+                libc::_exit(127);
             }
-            libc::dup2(w, 1);
-            libc::dup2(w, 2);
-            libc::execv(cexe.as_ptr(), argv.as_ptr());
-            libc::_exit(127)
+            if helper < 0 {
+                libc::_exit(126);
+            }
+            let mut st = 0;
+            loop {
+                let r = libc::wait4(helper as libc::pid_t, &mut st, 0, std::ptr::null_mut());
+                if r == helper as libc::pid_t {
+                    break;
+                }
+                if r < 0 && *libc::__errno_location() != libc::EINTR {
+                    libc::_exit(126);
+                }
+            }
+            if libc::WIFEXITED(st) {
+                libc::_exit(libc::WEXITSTATUS(st));
+            }
+            libc::_exit(128 + libc::WTERMSIG(st))
         })
     }
     .map_err(|e| Error::io(format!("start {helper}"), e))?;
@@ -101,6 +126,8 @@ pub fn mount(kind: &str, source: &str, target: &Path, options: &[String]) -> Res
     match end {
         ChildEnd::Exited(0) => Ok(()),
         ChildEnd::Exited(127) if output.is_empty() => fail(format!("could not run {}", exe.display())),
+        ChildEnd::Exited(126) => fail("could not be started".into()),
+        ChildEnd::Exited(c) if c > 128 => fail(format!("killed by signal {}", c - 128)),
         ChildEnd::Exited(c) => fail(format!("failed with exit status {c}")),
         ChildEnd::Signaled(s) => fail(format!("killed by signal {s}")),
         ChildEnd::TimedOut => fail(format!("did not finish within {}s (killed)", HELPER_LIMIT.as_secs())),

@@ -71,6 +71,16 @@ pub fn mount_all(mounts: &[MountSpec], rootfs: &Path) -> Result<()> {
 
 fn mount_one(m: &MountSpec, target: &Path) -> Result<()> {
     let o = options::parse(&m.options)?;
+    log::debug!(
+        "mount {} from {} at {}: {} options, {} bytes of data{}{}",
+        m.kind,
+        m.source,
+        target.display(),
+        m.options.len(),
+        o.data_string().len(),
+        if o.losetup { ", loop" } else { "" },
+        if o.idmap().is_some() { ", idmapped" } else { "" }
+    );
     if !o.stripped.is_empty() {
         log::debug!("mount {} at {}: userspace options not for the kernel dropped: {:?}", m.kind, target.display(), o.stripped);
     }
@@ -349,6 +359,47 @@ mod tests {
         let s = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!s.contains(d.to_str().unwrap()), "mounts left under {}", d.display());
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn fuse_through_the_helper() {
+        let Some(d) = root_or_skip("fuse_through_the_helper") else { return };
+        let (Some(_), true) = (fuse_tool("mksquashfs"), fuse_tool("squashfuse").is_some() && fuse_tool("mount.fuse3").is_some()) else {
+            println!("SKIPPED: fuse_through_the_helper: needs mksquashfs, squashfuse, mount.fuse3");
+            return;
+        };
+        let (src, img, root) = (d.join("src"), d.join("img.sqfs"), d.join("rootfs"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(src.join("hello"), "from fuse").unwrap();
+        let st = std::process::Command::new("mksquashfs")
+            .args([src.as_os_str(), img.as_os_str()])
+            .args(["-quiet", "-noappend"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let m = MountSpec {
+            kind: "fuse3.squashfuse".into(),
+            source: img.display().to_string(),
+            target: String::new(),
+            // x-* is for userspace only: stripped, never handed to the helper.
+            options: vec!["ro".into(), "x-rustshim.note=1".into()],
+        };
+        mount_all(&[m], &root).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("hello")).unwrap(), "from fuse");
+        unmount_all(&root).unwrap();
+        assert!(!is_mounted(&root));
+        // A helper that fails says why, and leaves nothing mounted.
+        let bad = MountSpec { kind: "fuse3.squashfuse".into(), source: d.join("missing").display().to_string(), target: String::new(), options: vec![] };
+        let e = mount_all(&[bad], &root).unwrap_err();
+        assert!(e.to_string().contains("mount helper"), "{e}");
+        assert!(!is_mounted(&root));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn fuse_tool(name: &str) -> Option<PathBuf> {
+        ["/usr/bin", "/usr/sbin", "/bin", "/sbin"].iter().map(|d| Path::new(d).join(name)).find(|p| p.exists())
     }
 
     #[test]

@@ -179,7 +179,7 @@ pub enum ChildEnd {
 /// `waitpid(-1)` only collects children that signal SIGCHLD, so such a "clone child" can never
 /// have its status stolen: only [`wait_clone_child`] (`__WCLONE`) collects it. The child runs
 /// `child` and must only make async-signal-safe calls (the shim may have threads); if it
-/// returns, the child exits 127.
+/// returns, the child exits 127. It must not exec: execve turns it back into a SIGCHLD child.
 ///
 /// # Safety
 /// `child` must be async-signal-safe: raw syscalls only, no allocation, no locks.

@@ -380,6 +380,17 @@ pub struct Containerd {
     /// Extra environment for containerd (and so for the shims it starts),
     /// kept across restarts; see [`Containerd::start_with_env`].
     extra_env: Vec<(String, String)>,
+    /// Directories put in front of containerd's PATH (e.g. a newer mkfs.erofs for its differ).
+    extra_path: Vec<PathBuf>,
+}
+
+/// What a test adds to its private containerd: see [`Containerd::start_custom`].
+#[derive(Default)]
+pub struct Custom<'a> {
+    pub env: &'a [(&'a str, &'a str)],
+    /// TOML appended under `[plugins]` of the generated config (plugin sections only).
+    pub plugins_toml: &'a str,
+    pub extra_path: Vec<PathBuf>,
 }
 
 impl Containerd {
@@ -395,6 +406,12 @@ impl Containerd {
     /// starts, so this is how a test sets e.g. `RUSTSHIM_RUNTIME_TIMEOUT_SECS`
     /// for the shim daemons. The variables survive [`restart`](Self::restart).
     pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Option<Containerd> {
+        Self::start_custom(name, Custom { env, ..Default::default() })
+    }
+
+    /// Like [`start`](Self::start), with extra environment, plugin configuration and PATH.
+    pub fn start_custom(name: &str, custom: Custom<'_>) -> Option<Containerd> {
+        let env = custom.env;
         if let Err(reason) = prerequisites() {
             skip_or_fail(name, &reason);
             return None;
@@ -442,7 +459,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 [plugins]
   [plugins."io.containerd.internal.v1.opt"]
     path = "{d}/opt"
-"#
+{}
+"#,
+            custom.plugins_toml
         );
         fs::write(dir.join("config.toml"), config).expect("write config.toml");
         fs::create_dir_all(dir.join("fifo")).expect("mkdir fifo");
@@ -457,6 +476,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            extra_path: custom.extra_path,
         };
         c.spawn_daemon();
         Some(c)
@@ -470,6 +490,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
             .expect("open containerd.log");
         let shim_dir = Path::new(SHIM_BIN).parent().unwrap().to_path_buf();
         let mut paths = vec![shim_dir];
+        paths.extend(self.extra_path.iter().cloned());
         if let Some(p) = std::env::var_os("PATH") {
             paths.extend(std::env::split_paths(&p));
         }
@@ -1429,3 +1450,52 @@ pub fn report(test: &str, line: &str) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// mounts: images and loop devices
+// ---------------------------------------------------------------------------
+
+/// An OCI archive of `n` layers (scripts/make-layered-image.sh), built once per test process
+/// and size; returns (archive, image name).
+pub fn layered_image_archive(n: usize) -> (PathBuf, String) {
+    static IMGS: OnceLock<Mutex<std::collections::HashMap<usize, PathBuf>>> = OnceLock::new();
+    let name = format!("docker.io/library/rsbox-l{n}:latest");
+    let mut m = IMGS.get_or_init(Default::default).lock().unwrap();
+    if let Some(p) = m.get(&n) {
+        return (p.clone(), name);
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    fs::create_dir_all(&dir).expect("create CARGO_TARGET_TMPDIR");
+    let out = dir.join(format!("rsbox-l{n}.tar"));
+    let o = run_with_timeout(
+        Command::new("bash")
+            .arg(repo_root().join("scripts/make-layered-image.sh"))
+            .arg(&out)
+            .arg(&name)
+            .arg(n.to_string()),
+        None,
+        Duration::ZERO,
+        Duration::from_secs(600),
+    );
+    assert!(o.status.success(), "make-layered-image.sh failed\n{}", describe(&o));
+    m.insert(n, out.clone());
+    (out, name)
+}
+
+/// Loop devices (`loopN`) whose backing file lies at or below `dir`.
+pub fn loop_devices_under(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/sys/block") else { return out };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !n.starts_with("loop") {
+            continue;
+        }
+        if let Ok(b) = fs::read_to_string(e.path().join("loop/backing_file")) {
+            let b = b.trim().trim_end_matches(" (deleted)").to_string();
+            if Path::new(&b).starts_with(dir) {
+                out.push((n, b));
+            }
+        }
+    }
+    out
+}
