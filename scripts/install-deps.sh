@@ -16,6 +16,10 @@ PACKAGES=(
     util-linux          # umount, mount
     bsdutils            # script(1): gives ctr a pty in the TTY tests
     procps              # kill, ps
+    erofs-utils         # mkfs.erofs: EROFS images for the loop-mount tests
+    fuse3               # mount.fuse3: FUSE rootfs mounts
+    squashfuse          # a FUSE filesystem for the FUSE mount tests
+    squashfs-tools      # mksquashfs: its images
 )
 
 log() { echo "[install-deps] $*"; }
@@ -52,3 +56,7 @@ for tool in containerd ctr runc busybox script umount; do
         exit 1
     fi
 done
+
+# containerd 2.1's EROFS differ needs mkfs.erofs --tar=f (erofs-utils 1.6+); bookworm has 1.5.
+# Built once from Debian's source package into /var/cache/rustshim (the system copy stays).
+bash "$(dirname "${BASH_SOURCE[0]}")/build-erofs-utils.sh" >/dev/null
