@@ -54,10 +54,11 @@ pub fn mount_all(mounts: &[MountSpec], rootfs: &Path) -> Result<()> {
         });
         if let Err(e) = res {
             for t in done.iter().rev() {
-                if let Err(u) = unmount_all(t) {
+                if let Err(u) = unmount_stack(t) {
                     log::warn!("undo mount at {}: {u}", t.display());
                 }
             }
+            let _ = unmount_all(rootfs);
             let msg = format!("mount {} ({} of {}) at {}: {e}", m.kind, i + 1, mounts.len(), rootfs.display());
             return Err(match e {
                 Error::InvalidArgument(_) => Error::InvalidArgument(msg),
@@ -158,8 +159,27 @@ fn mount_generic(m: &MountSpec, target: &Path, o: &MountOptions) -> Result<()> {
     Ok(())
 }
 
-/// Unmount everything stacked at `path`, until nothing is mounted there.
+/// Unmount everything stacked at the rootfs `path` (the bundle's), until nothing is mounted
+/// there; then the temporary idmapped-layer mounts beside it in the bundle, which a shim killed
+/// mid-mount could have left. Only for a bundle's rootfs: once it is unmounted, its parent is the
+/// bundle, never container content.
 pub fn unmount_all(path: &Path) -> Result<()> {
+    unmount_stack(path)?;
+    if let Some(parent) = path.parent() {
+        for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(overlay::IDMAP_DIR_PREFIX) {
+                for l in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                    let _ = umount2(&l.path(), MntFlags::MNT_DETACH);
+                    let _ = std::fs::remove_dir(l.path());
+                }
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unmount_stack(path: &Path) -> Result<()> {
     for _ in 0..64 {
         match umount2(path, MntFlags::empty()) {
             Ok(()) => continue,

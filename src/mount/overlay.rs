@@ -187,10 +187,13 @@ impl Drop for TempLayers {
     }
 }
 
+/// Name prefix of the temporary idmapped-layer directory beside a rootfs.
+pub const IDMAP_DIR_PREFIX: &str = ".idmap-";
+
 fn temp_layers(target: &Path, layers: &[String], userns: &OwnedFd) -> Result<TempLayers> {
     // Beside the rootfs, in the bundle: whatever is left there is the bundle's to clean.
     let parent = target.parent().unwrap_or(target);
-    let dir = parent.join(format!(".idmap-{}", std::process::id()));
+    let dir = parent.join(format!("{IDMAP_DIR_PREFIX}{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let mut t = TempLayers { dir, mounted: Vec::new() };
     for (i, l) in layers.iter().enumerate() {
