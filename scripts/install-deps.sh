@@ -20,6 +20,7 @@ PACKAGES=(
     fuse3               # mount.fuse3: FUSE rootfs mounts
     squashfuse          # a FUSE filesystem for the FUSE mount tests
     squashfs-tools      # mksquashfs: its images
+    containernetworking-plugins # CNI ptp/loopback: the user-namespace pod needs its own netns
 )
 
 log() { echo "[install-deps] $*"; }
@@ -60,3 +61,6 @@ done
 # containerd 2.1's EROFS differ needs mkfs.erofs --tar=f (erofs-utils 1.6+); bookworm has 1.5.
 # Built once from Debian's source package into /var/cache/rustshim (the system copy stays).
 bash "$(dirname "${BASH_SOURCE[0]}")/build-erofs-utils.sh" >/dev/null
+# A user-namespace pod's containers need runc 1.2+ (idmapped mounts); bookworm has 1.1.5. Built
+# once from Debian sid's source package into /var/cache/rustshim, used only through BinaryName.
+bash "$(dirname "${BASH_SOURCE[0]}")/build-runc.sh" >/dev/null

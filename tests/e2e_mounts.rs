@@ -5,6 +5,7 @@
 //! Run against the Go reference shim to check the tests themselves:
 //!   RUSTSHIM_TEST_RUNTIME=io.containerd.runc.v2 cargo test --test e2e_mounts -- --test-threads=2
 mod common;
+mod cri;
 
 use common::*;
 use containerd_shim_protos::api;
@@ -75,11 +76,11 @@ fn run_image(c: &Containerd, flags: &[&str], image: &str, id: &str, cmd: &[&str]
 }
 
 // 1. Images of 100 and 500 layers run: their overlay options (~8 KB and ~40 KB) overflow
-//    mount(2)'s page. 100 layers through `ctr run`. For 500, ctr itself cannot: it mounts the
-//    rootfs on its own side first (to read /etc/group for the spec) with containerd's mount(2)
-//    code, and the kernel refuses 500 lowerdirs given that way ("overlayfs: too many lower
-//    directories, limit is 500"); so the snapshotter's mounts for the 500-layer image go to the
-//    shim in a Create of our own.
+//    mount(2)'s page. 100 layers through `ctr run`. For 500, ctr itself cannot, with either shim:
+//    before it creates the task it mounts the image on its own side (to read /etc/group for the
+//    spec) and the kernel refuses that mount ("overlayfs: too many lower directories, limit is
+//    500"); so the snapshotter's mounts for the 500-layer container go to the shim in a Create
+//    of our own.
 #[test]
 fn overlay_of_100_and_500_layers() {
     let Some(c) = Containerd::start("overlay_of_100_and_500_layers") else { return };
@@ -107,15 +108,6 @@ fn overlay_of_100_and_500_layers() {
     let bundle = c.dir.join("bundles").join("l500");
     make_bundle(&bundle, &["/bin/sleep", "300"], false);
     let r = shim.create("l500", &bundle, mounts);
-    if !is_rustshim() {
-        // For the record: the Go shim mounts through mount(2) as ctr does.
-        eprintln!("{}: Go shim, Create of a 500-layer rootfs: {:?}", c.name, r.as_ref().map(|_| "ok"));
-        if r.is_err() {
-            assert!(wait_until(T, || mounts_under(&bundle).is_empty()));
-            c.remove("holder");
-            return;
-        }
-    }
     assert!(r.is_ok(), "Create of a 500-layer rootfs: {r:?}");
     let s = shim.call::<_, api::StartResponse>("Start", &api::StartRequest { id: "l500".into(), ..Default::default() });
     let pid = s.expect("Start l500").pid;
@@ -471,4 +463,181 @@ fn loop_fuse_and_idmap_through_create() {
         assert!(wait_until(T, || mounts_under(&bundle).is_empty()), "[idm] mounts left: {:?}", mounts_under(&bundle));
     }
     c.remove("holder");
+}
+
+// ---------------------------------------------------------------------------
+// 6. A Kubernetes-style pod with a user namespace (hostUsers: false) through CRI on
+//    containerd 2.1: its sandbox and container rootfs come as idmapped overlays. The process
+//    runs as the mapped host uid and sees its image owned by its own root.
+// ---------------------------------------------------------------------------
+
+async fn cri_call<T, F>(what: &str, fut: F) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    match tokio::time::timeout(Duration::from_secs(60), fut).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(format!("{what}: {:?}: {}", s.code(), s.message())),
+        Err(_) => Err(format!("{what}: timed out")),
+    }
+}
+
+async fn cri_connect(sock: &Path) -> tonic::transport::Channel {
+    let path = sock.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("connect to CRI on {}: {e}", sock.display()))
+}
+
+#[test]
+fn cri_pod_with_user_namespace() {
+    const NAME: &str = "cri_pod_with_user_namespace";
+    let version = cri::containerd_version(&cri::containerd_bin_dir()).map(|v| v.0).unwrap_or((0, 0, 0));
+    if version < (2, 0, 0) {
+        documented_skip(NAME, &format!("containerd {version:?}: user-namespace pods need containerd 2.0+"));
+        return;
+    }
+    // containerd starts a user-namespace pod's containers only on a runtime whose `features`
+    // offer idmapped mounts (runc 1.2+); bookworm's runc is 1.1.5, so this pod's runtime is a
+    // runc built from Debian sid's source package (scripts/build-runc.sh), named by BinaryName.
+    // CRI reads runtime features only for runtime type io.containerd.runc.v2, so the rustshim
+    // handler is declared with that type and runtime_path naming the shim.
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/build-runc.sh");
+    let o = run_with_timeout(Command::new("bash").arg(&script), None, Duration::ZERO, Duration::from_secs(1800));
+    if !o.status.success() {
+        cri::skip_or_fail(NAME, &format!("cannot build runc 1.2+: {}", describe(&o)));
+        return;
+    }
+    let runc = stdout(&o).trim().to_string();
+    let Ok(cd) = cri::CriContainerd::start_with(NAME, &[format!("BinaryName = \"{runc}\"")], true).map_err(|r| cri::skip_or_fail(NAME, &r)) else { return };
+    // containerd pins a user-namespace pod's namespaces through its network namespace, so the
+    // pod cannot use the host network. CRI wants an eth0 with an address: CNI's ptp plugin gives
+    // one (a veth pair and a host route, both removed by the pod's teardown; no NAT, no bridge),
+    // from a private range, with IPAM state under the test's dir.
+    let Some(cni) = ["/usr/lib/cni", "/opt/cni/bin"].iter().map(PathBuf::from).find(|d| d.join("loopback").exists()) else {
+        cri::skip_or_fail(NAME, "no CNI loopback plugin (apt-get install containernetworking-plugins)");
+        return;
+    };
+    fs::create_dir_all(cd.dir.join("cni/conf")).unwrap();
+    let _ = fs::remove_dir_all(cd.dir.join("cni/bin"));
+    std::os::unix::fs::symlink(&cni, cd.dir.join("cni/bin")).unwrap();
+    fs::write(
+        cd.dir.join("cni/conf/10-lo.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"rustshim-ptp","plugins":[{{"type":"ptp","ipMasq":false,"ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"10.231.{}.0/28"}}]]}}}}]}}"#,
+            cd.dir.join("cni/ipam").display(),
+            std::process::id() % 250
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&cd.dir, fs::Permissions::from_mode(0o711)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let res = rt.block_on(cri_userns_flow(&cd));
+    if let Err(e) = res {
+        cd.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        panic!("[{NAME}] {e}\n--- containerd.log (warnings, errors) ---\n{}", cd.interesting_log(40));
+    }
+}
+
+async fn cri_userns_flow(cd: &cri::CriContainerd) -> Result<(), String> {
+    use k8s_cri::v1 as api;
+    use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+    let (pause, app) = cri::build_images()?;
+    cd.import(&pause);
+    cd.import(&app);
+    let mut rt = RuntimeServiceClient::new(cri_connect(&cd.sock).await);
+    // CRI learns of imported images through events.
+    let mut img = k8s_cri::v1::image_service_client::ImageServiceClient::new(cri_connect(&cd.sock).await);
+    for image in [cri::PAUSE_IMAGE, cri::APP_IMAGE] {
+        let mut seen = false;
+        for _ in 0..100 {
+            let r = cri_call("ImageStatus", img.image_status(api::ImageStatusRequest { image: Some(api::ImageSpec { image: image.into(), ..Default::default() }), verbose: false })).await?;
+            if r.image.is_some() {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !seen {
+            return Err(format!("CRI does not see {image}"));
+        }
+    }
+    let map = vec![api::IdMapping { host_id: 200000, container_id: 0, length: 65536 }];
+    let ns = api::NamespaceOption {
+        network: api::NamespaceMode::Pod as i32,
+        pid: api::NamespaceMode::Container as i32,
+        ipc: api::NamespaceMode::Pod as i32,
+        userns_options: Some(api::UserNamespace { mode: api::NamespaceMode::Pod as i32, uids: map.clone(), gids: map }),
+        ..Default::default()
+    };
+    let pod_config = api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata { name: "userns".into(), uid: format!("uid-{}", random_suffix(10)), namespace: "default".into(), attempt: 0 }),
+        log_directory: cd.log_dir.display().to_string(),
+        linux: Some(api::LinuxPodSandboxConfig {
+            cgroup_parent: cd.cgroup_parent.clone(),
+            security_context: Some(api::LinuxSandboxSecurityContext { namespace_options: Some(ns.clone()), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = cri_call("RunPodSandbox", rt.run_pod_sandbox(api::RunPodSandboxRequest { config: Some(pod_config.clone()), runtime_handler: cri::handler().into() })).await?.pod_sandbox_id;
+    cd.remember_id(&pod);
+    let result = async {
+        let cfg = api::ContainerConfig {
+            metadata: Some(api::ContainerMetadata { name: "app".into(), attempt: 0 }),
+            image: Some(api::ImageSpec { image: cri::APP_IMAGE.into(), ..Default::default() }),
+            command: vec!["sleep".into(), "1000".into()],
+            log_path: "app.log".into(),
+            linux: Some(api::LinuxContainerConfig {
+                security_context: Some(api::LinuxContainerSecurityContext { namespace_options: Some(ns.clone()), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = cri_call("CreateContainer", rt.create_container(api::CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(cfg), sandbox_config: Some(pod_config.clone()) })).await?.container_id;
+        cd.remember_id(&id);
+        cri_call("StartContainer", rt.start_container(api::StartContainerRequest { container_id: id.clone() })).await?;
+        let shims = cd.shims();
+        if shims.is_empty() {
+            return Err(format!("no {} process serves the pod", cri::shim_name()));
+        }
+        let r = cri_call("ExecSync", rt.exec_sync(api::ExecSyncRequest { container_id: id.clone(), cmd: ["sh", "-c", "id -u; cat /proc/self/uid_map; ls -ln /bin/busybox; cat /proc/self/status | grep ^Uid"].iter().map(|s| s.to_string()).collect(), timeout: 30 })).await?;
+        let out = String::from_utf8_lossy(&r.stdout).into_owned();
+        let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+        let ok = r.exit_code == 0
+            && lines.first().map(|l| l.as_slice()) == Some(&["0"][..])
+            && lines.get(1).map(|l| l.as_slice()) == Some(&["0", "200000", "65536"][..])
+            && lines.get(2).and_then(|l| l.get(2..4)) == Some(&["0", "0"][..]);
+        if !ok {
+            return Err(format!("inside the pod: exit {} stdout {out:?} stderr {:?}", r.exit_code, String::from_utf8_lossy(&r.stderr)));
+        }
+        // The same process seen from the host: the mapped uid.
+        let st = cri_call("ContainerStatus", rt.container_status(api::ContainerStatusRequest { container_id: id.clone(), verbose: true })).await?;
+        let info = st.info.get("info").cloned().unwrap_or_default();
+        let pid: u32 = info.split("\"pid\":").nth(1).and_then(|s| s.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).ok_or("no pid in ContainerStatus")?;
+        let uid = proc_status(pid).unwrap_or_default().lines().find(|l| l.starts_with("Uid:")).unwrap_or("").split_whitespace().nth(1).unwrap_or("").to_string();
+        if uid != "200000" {
+            return Err(format!("the pod's process runs as host uid {uid:?}, not 200000"));
+        }
+        cri_call("StopContainer", rt.stop_container(api::StopContainerRequest { container_id: id.clone(), timeout: 0 })).await?;
+        cri_call("RemoveContainer", rt.remove_container(api::RemoveContainerRequest { container_id: id.clone() })).await?;
+        Ok::<(), String>(())
+    }
+    .await;
+    let stop = cri_call("StopPodSandbox", rt.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).await;
+    let remove = cri_call("RemovePodSandbox", rt.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() })).await;
+    result?;
+    stop?;
+    remove?;
+    let left = cri::mounts_under(&cd.dir).into_iter().filter(|m| m.contains("/rootfs") || m.contains("/.idmap-")).collect::<Vec<_>>();
+    if !left.is_empty() {
+        return Err(format!("rootfs mounts left after the pod was removed: {left:?}"));
+    }
+    Ok(())
 }
