@@ -108,9 +108,7 @@ pub fn parse(options: &[String]) -> Result<MountOptions> {
             m.uidmap = Some(v.to_string());
         } else if let Some(v) = o.strip_prefix("gidmap=") {
             m.gidmap = Some(v.to_string());
-        } else if o.len() >= "X-containerd.".len()
-            && o[.."X-containerd.".len()].eq_ignore_ascii_case("X-containerd.")
-        {
+        } else if o.get(.."X-containerd.".len()).is_some_and(|p| p.eq_ignore_ascii_case("X-containerd.")) {
             return Err(Error::InvalidArgument(format!(
                 "mount option {o:?} is an instruction for containerd's mount manager, which did \
                  not carry it out; the shim cannot honour it"
@@ -243,6 +241,13 @@ mod tests {
             let e = parse(&opts(&["ro", o])).unwrap_err();
             assert!(matches!(e, Error::InvalidArgument(_)));
             assert!(e.to_string().contains(o), "{e}");
+        }
+    }
+
+    #[test]
+    fn odd_input_never_panics() {
+        for o in ["X-containerdé", "X-containeré.x", "é", "", "r", "=", "uidmap=", "lowerdir=:::"] {
+            let _ = parse(&opts(&[o]));
         }
     }
 

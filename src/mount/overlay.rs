@@ -42,7 +42,10 @@ pub fn compact(data: &[String]) -> Option<(PathBuf, Vec<String>)> {
         return None;
     }
     let (min, max) = (dirs.iter().min()?, dirs.iter().max()?);
-    let common = min.bytes().zip(max.bytes()).take_while(|(a, b)| a == b).count();
+    let mut common = min.bytes().zip(max.bytes()).take_while(|(a, b)| a == b).count();
+    while !min.is_char_boundary(common) {
+        common -= 1;
+    }
     // Go's path.Dir: everything before the last '/' of the common prefix.
     let prefix = &min[..common];
     let parent = &prefix[..prefix.rfind('/')?];
@@ -297,6 +300,9 @@ mod tests {
         assert!(compact(&[format!("lowerdir={root}/1/fs")]).is_none());
         assert!(compact(&["lowerdir=/a/1:/b/2".to_string()]).is_none());
         assert!(compact(&["lowerdir=rel/1:rel/2".to_string()]).is_none());
+        // Paths that differ inside a multi-byte character.
+        let (dir, _) = compact(&["lowerdir=/x/s/\u{e9}/1:/x/s/\u{e8}/2".to_string()]).unwrap();
+        assert_eq!(dir, Path::new("/x/s"));
     }
 
     #[test]
