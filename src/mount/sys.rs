@@ -232,3 +232,26 @@ pub fn wait_clone_child(pid: i32, limit: std::time::Duration) -> io::Result<Chil
         delay = (delay * 2).min(std::time::Duration::from_millis(50));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The property the reaper relies on: a wait without __WCLONE (what `waitpid(-1)` does)
+    /// does not see a clone child, even once it has exited; only `wait_clone_child` collects it.
+    #[test]
+    fn clone_child_is_invisible_to_a_plain_wait() {
+        // SAFETY: the child only calls _exit.
+        let pid = unsafe { clone_child(0, || libc::_exit(7)) }.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut status = 0;
+        // SAFETY: plain waitpid on a pid we own.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert_eq!(r, -1, "a plain wait saw the clone child");
+        assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::ECHILD));
+        match wait_clone_child(pid, std::time::Duration::from_secs(10)).unwrap() {
+            ChildEnd::Exited(7) => {}
+            _ => panic!("clone child did not exit 7"),
+        }
+    }
+}
