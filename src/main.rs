@@ -66,12 +66,12 @@ fn serve(flags: &cli::Flags) -> ExitCode {
         return ExitCode::FAILURE;
     }
     // A shim watches a handful of fds: a small event buffer instead of tokio's 1024 entries.
-    // The blocking pool serves only `file://` writes: few threads, gone soon after the writes
-    // stop, so an idle shim is back to its one thread.
+    // The blocking pool serves `file://` writes and rootfs mounts: a few threads, gone soon
+    // after the work stops, so an idle shim is back to its one thread.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_io_events_per_tick(64)
-        .max_blocking_threads(2)
+        .max_blocking_threads(8)
         .thread_keep_alive(std::time::Duration::from_secs(2))
         .build()
     {

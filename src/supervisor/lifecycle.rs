@@ -55,14 +55,57 @@ impl Rollback {
             }
         }
         // After the delete: the container's processes no longer hold the rootfs.
-        if let Some(rootfs) = &self.mounted {
-            if let Err(e) = mount::unmount_all(rootfs) {
+        if let Some(rootfs) = self.mounted.clone() {
+            if let Err(e) = unmount_off_reactor(rootfs.clone()).await {
                 log::warn!("container {}: rollback: unmount {}: {e}", self.id, rootfs.display());
             }
         }
         log::info!("container {}: failed create rolled back", self.id);
         drop(reservation);
     }
+}
+
+/// Mount the Create request's rootfs. Mounts run on the blocking pool: a FUSE helper or a deep
+/// idmapped overlay takes its time, and every other RPC is served from the reactor meanwhile.
+async fn mount_rootfs(req: &CreateRequest) -> Result<Option<PathBuf>> {
+    if req.rootfs.is_empty() {
+        return Ok(None);
+    }
+    let rootfs = req.bundle.join("rootfs");
+    use std::os::unix::fs::DirBuilderExt as _;
+    let _ = std::fs::DirBuilder::new().mode(0o711).create(&rootfs);
+    // Never mount through a symlink: it could point anywhere on the host.
+    match std::fs::symlink_metadata(&rootfs) {
+        Ok(m) if m.is_dir() => {}
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a directory inside the bundle",
+                rootfs.display()
+            )))
+        }
+    }
+    let specs: Vec<MountSpec> = req
+        .rootfs
+        .iter()
+        .map(|m| MountSpec {
+            kind: m.type_.clone(),
+            source: m.source.clone(),
+            target: m.target.clone(),
+            options: m.options.clone(),
+        })
+        .collect();
+    let target = rootfs.clone();
+    tokio::task::spawn_blocking(move || mount::mount_all(&specs, &target))
+        .await
+        .map_err(|e| Error::Other(format!("mount task: {e}")))??;
+    Ok(Some(rootfs))
+}
+
+/// `mount::unmount_all` on the blocking pool (see `mount_rootfs`).
+async fn unmount_off_reactor(rootfs: PathBuf) -> Result<()> {
+    tokio::task::spawn_blocking(move || mount::unmount_all(&rootfs))
+        .await
+        .map_err(|e| Error::Other(format!("unmount task: {e}")))?
 }
 
 impl Supervisor {
@@ -131,7 +174,7 @@ impl Supervisor {
             criu_path: Some(req.options.criu_path.clone()).filter(|p| !p.is_empty()),
             log: bundle.join("log.json"),
         });
-        undo.mounted = self.mount_rootfs(req)?;
+        undo.mounted = mount_rootfs(req).await?;
         let restore = (!req.checkpoint.is_empty()).then(|| CriuOpts {
             image_path: PathBuf::from(&req.checkpoint),
             work_path: criu_work_path(bundle, &req.options),
@@ -164,37 +207,6 @@ impl Supervisor {
             kill_rest: None,
         };
         Ok((c, spawned))
-    }
-
-    fn mount_rootfs(&self, req: &CreateRequest) -> Result<Option<PathBuf>> {
-        if req.rootfs.is_empty() {
-            return Ok(None);
-        }
-        let rootfs = req.bundle.join("rootfs");
-        use std::os::unix::fs::DirBuilderExt as _;
-        let _ = std::fs::DirBuilder::new().mode(0o711).create(&rootfs);
-        // Never mount through a symlink: it could point anywhere on the host.
-        match std::fs::symlink_metadata(&rootfs) {
-            Ok(m) if m.is_dir() => {}
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "{} is not a directory inside the bundle",
-                    rootfs.display()
-                )))
-            }
-        }
-        let specs: Vec<MountSpec> = req
-            .rootfs
-            .iter()
-            .map(|m| MountSpec {
-                kind: m.type_.clone(),
-                source: m.source.clone(),
-                target: m.target.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        mount::mount_all(&specs, &rootfs)?;
-        Ok(Some(rootfs))
     }
 
     fn io_context<'a>(&'a self, id: &'a str, options: &ShimOptions) -> IoContext<'a> {
@@ -394,8 +406,8 @@ impl Supervisor {
                 let _ = tokio::time::timeout(DRAIN_LIMIT, process::wait_exit(rx)).await;
             }
         }
-        if let Some(rootfs) = &mounted {
-            if let Err(e) = mount::unmount_all(rootfs) {
+        if let Some(rootfs) = mounted {
+            if let Err(e) = unmount_off_reactor(rootfs.clone()).await {
                 log::warn!("container {id}: unmount {}: {e}", rootfs.display());
             }
         }
