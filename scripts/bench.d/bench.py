@@ -39,10 +39,12 @@ N_RUNS = max(1, env_int("BENCH_N", 50))
 IDLE_SECS = max(1, env_int("BENCH_IDLE_SECS", 10))
 N_SCALE = max(0, env_int("BENCH_SCALE", 200))
 PAR = max(1, env_int("BENCH_PAR", 8))
-WRITE_DOCS = os.environ.get("BENCH_DOCS", "1") != "0"
+WRITE_DOCS = os.environ.get("BENCH_DOCS", "1") != "0" and not os.environ.get("BENCH_ONLY")
 OUT_DIR = os.path.join(REPO, os.environ.get("BENCH_OUT", "docs"))
 JSON_OUT = os.environ.get("BENCH_JSON")
-N_TRACE = max(0, env_int("BENCH_TRACE", 5))  # runs/execs per runtime traced for shim CPU (0 = skip)
+N_TRACE = max(0, env_int("BENCH_TRACE", 5))
+LOG_MIB = max(0, env_int("BENCH_LOG_MIB", 1024))  # output per log-throughput run (0 = skip)
+ONLY = os.environ.get("BENCH_ONLY", "")  # "log": only the log-throughput rows  # runs/execs per runtime traced for shim CPU (0 = skip)
 TRACEFS = "/sys/kernel/tracing"
 
 RUNTIMES = [  # key, label, runtime type, shim binary basename
@@ -527,6 +529,74 @@ def step_run_rm(env, R, bundles):
     R["run_rm"] = {"lat": lat, "loadavg_before": la0, "loadavg_after": loadavg()}
 
 
+def cpu_s(pid):
+    """utime + stime of a process, in seconds."""
+    f = read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def step_log_throughput(env, R):
+    """A container writes LOG_MIB MiB to stdout as fast as it can: (a) through its FIFO to ctr
+    (a fast reader: this script drains ctr's stdout), (b) into a `file://` log. MiB/s from the
+    first byte to the last, and the shim's CPU seconds per GiB (its utime+stime over the run)."""
+    if LOG_MIB == 0:
+        return
+    total = LOG_MIB << 20
+    # the container waits a moment, so the shim's CPU can be read before the output starts
+    script = f"sleep 2; dd if=/dev/zero bs=1M count={LOG_MIB} 2>/dev/null; exec sleep 100000"
+    res = {k: {} for k in RT_TYPE}
+    for k in RT_TYPE:
+        log(f"log throughput: {LOG_MIB} MiB through a FIFO, {k}")
+        cid = f"{TAG}-lf{k[0]}"
+        p = subprocess.Popen(env.ctr("run", "--runtime", RT_TYPE[k], IMAGE, cid, "sh", "-c", script),
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        spid = env.shim_pid(cid)
+        cpu0 = cpu_s(spid)
+        got, t0 = 0, None
+        fd = p.stdout.fileno()
+        while got < total:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                break
+            if t0 is None:
+                t0 = time.perf_counter()
+            got += len(b)
+        secs = time.perf_counter() - (t0 or time.perf_counter())
+        cpu = cpu_s(spid) - cpu0
+        env.remove(cid)
+        p.stdout.close()
+        p.wait(timeout=60)
+        if got < total:
+            raise BenchError(f"log throughput ({k}, FIFO): got {got} of {total} bytes")
+        res[k]["fifo_mib_s"] = LOG_MIB / secs
+        res[k]["fifo_cpu_s_per_gib"] = cpu / (LOG_MIB / 1024)
+
+        log(f"log throughput: {LOG_MIB} MiB into a file:// log, {k}")
+        cid = f"{TAG}-ll{k[0]}"
+        path = os.path.join(env.dir, f"log-{k}.txt")
+        run(env.ctr("run", "-d", "--log-uri", f"file://{path}", "--runtime", RT_TYPE[k], IMAGE, cid, "sh", "-c", script))
+        spid = env.shim_pid(cid)
+        cpu0 = cpu_s(spid)
+        t0 = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            size = os.path.getsize(path) if os.path.exists(path) else 0
+            if size and t0 is None:
+                t0 = time.perf_counter()
+            if size >= total:
+                break
+            time.sleep(0.005)
+        else:
+            raise BenchError(f"log throughput ({k}, file): {size} of {total} bytes after 600 s")
+        secs = time.perf_counter() - t0
+        cpu = cpu_s(spid) - cpu0
+        env.remove(cid)
+        os.unlink(path)
+        res[k]["file_mib_s"] = LOG_MIB / secs
+        res[k]["file_cpu_s_per_gib"] = cpu / (LOG_MIB / 1024)
+    R["log"] = res
+
+
 class Tracer:
     """A private ftrace instance recording fork/exec/exit and sched_stat_runtime, to add up the
     CPU time spent by processes named containerd-shim (the shim's start/daemon/delete processes
@@ -681,7 +751,9 @@ def fmt(v, unit):
     if unit == "ms":
         return f"{v:.1f} ms"
     if unit == "s":
-        return f"{v:.1f} s"
+        return f"{v:.1f} s" if v >= 1 else f"{v:.3f} s"
+    if unit == "MiB/s":
+        return f"{v:.0f} MiB/s"
     if unit == "B":
         return f"{v / 1e6:.2f} MB"
     if isinstance(v, float):
@@ -693,6 +765,14 @@ def build_rows(R):
     """[(metric, rust, go, unit, target_text, kind, bound, chart)], kind: ratio|abs|info."""
     rows = []
     add = lambda *r: rows.append(r)
+    if "log" in R:
+        lg = R["log"]
+        add(f"Log throughput, {LOG_MIB} MiB stdout via FIFO to a fast reader", lg["rust"]["fifo_mib_s"], lg["go"]["fifo_mib_s"], "MiB/s", "ratio >= 1.5", "ratio_min", 1.5, True)
+        add("  shim CPU per GiB, FIFO", lg["rust"]["fifo_cpu_s_per_gib"], lg["go"]["fifo_cpu_s_per_gib"], "s", "ratio <= 0.5", "ratio", 0.5, True)
+        add(f"Log throughput, {LOG_MIB} MiB stdout into a file:// log", lg["rust"]["file_mib_s"], lg["go"]["file_mib_s"], "MiB/s", "ratio >= 1.5", "ratio_min", 1.5, True)
+        add("  shim CPU per GiB, file://", lg["rust"]["file_cpu_s_per_gib"], lg["go"]["file_cpu_s_per_gib"], "s", "ratio <= 0.5", "ratio", 0.5, True)
+    if ONLY == "log":
+        return rows
     m1, mm, ex = R["mem_one"], R["mem_many"], R["exec"]
     add("PSS per shim, 1 idle container", m1["rust"]["pss"], m1["go"]["pss"], "KiB", "ratio <= 1/8", "ratio", 1 / 8, True)
     add("RSS per shim, 1 idle container", m1["rust"]["rss"], m1["go"]["rss"], "KiB", "ratio <= 1/6", "ratio", 1 / 6, True)
@@ -747,6 +827,8 @@ def verdict(r):
     _, rv, gv, _, _, kind, bound, _ = r
     if kind == "ratio":
         return "PASS" if gv and rv / gv <= bound + 1e-12 else "MISS"
+    if kind == "ratio_min":
+        return "PASS" if gv and rv / gv >= bound - 1e-12 else "MISS"
     if kind == "abs":
         return "PASS" if rv <= bound else "MISS"
     return ""
@@ -1011,16 +1093,18 @@ def main():
         img = os.path.join(env.dir, "rsbox.tar")
         run(["bash", os.path.join(REPO, "scripts", "make-image.sh"), img, IMAGE])
         run(env.ctr("images", "import", img))
-        bundles = make_bundles(env)
-        ids = step_memory_and_idle(env, R)
-        step_exec(env, R, ids, bundles)
-        log("removing the idle containers")
-        env.remove_all()
-        step_run_rm(env, R, bundles)
-        if N_TRACE > 0:
-            step_shim_cpu(env, R)
-        if N_SCALE > 0:
-            step_scale(env, R)
+        step_log_throughput(env, R)
+        if ONLY != "log":
+            bundles = make_bundles(env)
+            ids = step_memory_and_idle(env, R)
+            step_exec(env, R, ids, bundles)
+            log("removing the idle containers")
+            env.remove_all()
+            step_run_rm(env, R, bundles)
+            if N_TRACE > 0:
+                step_shim_cpu(env, R)
+            if N_SCALE > 0:
+                step_scale(env, R)
         ok = True
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); cleaning up")
