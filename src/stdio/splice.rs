@@ -55,6 +55,8 @@ enum Step {
     Moved,
     Eof,
     DestinationFull,
+    /// EAGAIN, but both sides look ready now (the reader made room meanwhile): try again.
+    Again,
 }
 
 /// Splice `from` into a pipe or FIFO until EOF.
@@ -67,14 +69,22 @@ pub async fn to_pipe(from: &pipe::Receiver, to: &pipe::Sender) -> Ended {
         let step = from.try_io(|| match splice_once(in_fd, out_fd) {
             Ok(0) => Ok(Step::Eof),
             Ok(_) => Ok(Step::Moved),
-            // Only an empty source may clear the source's readiness.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !ready_now(to.as_fd(), libc::POLLOUT) => {
-                Ok(Step::DestinationFull)
+            // Only a source that is empty *now* may have its readiness cleared: if the
+            // destination was full and its reader made room since, the source still holds data,
+            // no new edge will come for it, and its writer may be blocked on it.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if !ready_now(to.as_fd(), libc::POLLOUT) {
+                    Ok(Step::DestinationFull)
+                } else if ready_now(from.as_fd(), libc::POLLIN) {
+                    Ok(Step::Again)
+                } else {
+                    Err(e)
+                }
             }
             Err(e) => Err(e),
         });
         match step {
-            Ok(Step::Moved) => {}
+            Ok(Step::Moved | Step::Again) => {}
             Ok(Step::Eof) => return Ended::Eof,
             Ok(Step::DestinationFull) => {
                 // Wait until the reader made room; clear the destination's readiness only
