@@ -16,6 +16,10 @@ PACKAGES=(
     util-linux          # umount, mount
     bsdutils            # script(1): gives ctr a pty in the TTY tests
     procps              # kill, ps
+    # build deps of the CRIU that scripts/install-criu.sh builds (bookworm's criu 3.17 cannot
+    # dump on this kernel)
+    libbsd-dev libcap-dev libnet1-dev libnftables-dev libnl-3-dev libprotobuf-c-dev
+    protobuf-c-compiler libgnutls28-dev libprotobuf-dev python3-protobuf uuid-dev
 )
 
 log() { echo "[install-deps] $*"; }
