@@ -20,6 +20,7 @@ PACKAGES=(
     # dump on this kernel)
     libbsd-dev libcap-dev libnet1-dev libnftables-dev libnl-3-dev libprotobuf-c-dev
     protobuf-c-compiler libgnutls28-dev libprotobuf-dev python3-protobuf uuid-dev
+    iptables            # CRIU locks a container's network (in its own netns) with iptables-restore
 )
 
 log() { echo "[install-deps] $*"; }

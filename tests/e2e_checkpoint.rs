@@ -1,0 +1,524 @@
+//! Checkpoint and restore end to end (issue 15): a private containerd, real runc 1.1.5 and the
+//! CRIU that scripts/install-criu.sh builds (bookworm's criu 3.17 cannot dump on this kernel).
+//!
+//! How each shim finds that CRIU without replacing the system's: rustshim through
+//! RUSTSHIM_CRIU_PATH in containerd's environment (CriuPath is gone from containerd 2.x's runc
+//! options, and ctr has no flag for it); the Go shim through containerd's PATH, which is all
+//! runc looks at when no CriuPath is given.
+//!
+//!   cargo test --test e2e_checkpoint
+//!   RUSTSHIM_TEST_RUNTIME=io.containerd.runc.v2 cargo test --test e2e_checkpoint
+//!
+//! Routes: `ctr container checkpoint --task` (containerd pauses the task, checkpoints it leaving
+//! it running, resumes it) and `ctr container restore --live`; `ctr task checkpoint` with and
+//! without `--image-path` and `--exit` (1.6's client sends rustshim the legacy
+//! containerd.linux.runc.CheckpointOptions there). Calls ctr has no route for (a checkpoint of
+//! a stopped task, one with no image path) go straight to the shim over ttrpc.
+mod common;
+
+use common::*;
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::Message;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The CRIU to test with: $RUSTSHIM_CRIU, else the newest build scripts/install-criu.sh cached.
+fn criu_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("RUSTSHIM_CRIU").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let cache = std::env::var("RUSTSHIM_CACHE").unwrap_or_else(|_| "/var/cache/rustshim".into());
+    let mut found: Vec<PathBuf> = fs::read_dir(&cache)
+        .map_err(|e| format!("{cache}: {e}"))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("criu-"))
+        .map(|e| e.path().join("bin/criu"))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| format!("no {cache}/criu-*/bin/criu: run scripts/install-criu.sh"))
+}
+
+/// Err(reason) when the CRIU is missing or `criu check` fails on this kernel.
+fn criu_usable(criu: &Path) -> Result<(), String> {
+    let o = run_with_timeout(
+        Command::new(criu).arg("check"),
+        None,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
+    if o.status.success() {
+        return Ok(());
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Error"))
+        .map(|l| l.split_once("): ").map(|x| x.1).unwrap_or(l).trim())
+        .collect();
+    Err(format!(
+        "{} check failed: {}",
+        criu.display(),
+        if errors.is_empty() { text.trim().to_string() } else { errors.join("; ") }
+    ))
+}
+
+/// A private containerd whose shims use the built CRIU; None after SKIPPED.
+fn start(name: &str) -> Option<Containerd> {
+    if let Err(reason) = prerequisites() {
+        skip_or_fail(name, &reason);
+        return None;
+    }
+    let criu = match criu_binary().and_then(|c| criu_usable(&c).map(|_| c)) {
+        Ok(c) => c,
+        Err(reason) => {
+            skip_or_fail(name, &reason);
+            return None;
+        }
+    };
+    let criu_s = criu.display().to_string();
+    let c = if is_rustshim() {
+        Containerd::start_with_env(name, &[("RUSTSHIM_CRIU_PATH", &criu_s)])?
+    } else {
+        let shim_dir = Path::new(SHIM_BIN).parent().unwrap().display().to_string();
+        let path = format!(
+            "{}:{shim_dir}:{}",
+            criu.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Containerd::start_with_env(name, &[("PATH", &path)])?
+    };
+    c.import_image();
+    Some(c)
+}
+
+/// A shell loop counting in memory, one step per line written to the FIFO /tmp/f in its rootfs;
+/// each number goes to stdout and to /tmp/n. Driven by steps rather than by time: a process
+/// restored by this CRIU/runc through containerd never wakes from a timed sleep it was in at the
+/// checkpoint (nanosleep and poll with a timeout, with both shims; see README), while a blocking
+/// read resumes.
+const COUNTER: &str = "mkfifo /tmp/f; i=0; while true; do echo n=$i; echo $i > /tmp/n; i=$((i+1)); read x <> /tmp/f; done";
+
+fn read_counter(c: &Containerd, id: &str, exec_id: &str) -> u64 {
+    let o = c.exec(&[], id, exec_id, &["cat", "/tmp/n"]);
+    c.check_ok(&["exec", exec_id], &o);
+    stdout(&o)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("counter file holds {:?}", stdout(&o)))
+}
+
+/// One step of the counter: returns the new value once the loop has taken it.
+fn step(c: &Containerd, id: &str) -> u64 {
+    let before = read_counter(c, id, &format!("r{}", random_suffix(8)));
+    let o = c.exec(&[], id, &format!("t{}", random_suffix(8)), &["sh", "-c", "echo t > /tmp/f"]);
+    c.check_ok(&["exec tick"], &o);
+    let mut last = before;
+    let ok = wait_until(T, || {
+        last = read_counter(c, id, &format!("r{}", random_suffix(8)));
+        last > before
+    });
+    assert!(ok, "counter of {id} stuck at {last}");
+    assert_eq!(last, before + 1, "one step moved the counter from {before} to {last}");
+    last
+}
+
+/// Steps until the counter is past `n`.
+fn wait_counter(c: &Containerd, id: &str, n: u64, _tag: &str) -> u64 {
+    loop {
+        let v = step(c, id);
+        if v > n {
+            return v;
+        }
+    }
+}
+
+fn numbers(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("n=")?.parse().ok())
+        .collect()
+}
+
+/// containerd's log lines about this shim's errors, for failure messages.
+fn log_tail(c: &Containerd) -> String {
+    let log = c.log();
+    let v: Vec<&str> = log.lines().collect();
+    v[v.len().saturating_sub(30)..].join("\n")
+}
+
+#[allow(dead_code)] // for diagnosing a restored task that does not run
+/// The cgroup v1 freezer state of a pid (FROZEN / THAWED), or the v2 cgroup.freeze value.
+fn freezer_state(pid: u32) -> Option<String> {
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for l in cg.lines() {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+        if ctrl.split(',').any(|c| c == "freezer") {
+            return fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state"))
+                .ok()
+                .map(|s| s.trim().to_string());
+        }
+    }
+    None
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `ctr container checkpoint --task` leaves the task running; `ctr container restore --live`
+/// brings the process back with its memory (the counter goes on from where it was), its stdout
+/// on the restoring ctr's new FIFOs, and exec works in it.
+#[test]
+fn checkpoint_leave_running_and_restore() {
+    let Some(c) = start("checkpoint_leave_running_and_restore") else {
+        return;
+    };
+    let ev = EventStream::start(&c);
+    let id = "ck-live";
+    c.run_detached(&[], id, &["sh", "-c", COUNTER]);
+    let at_checkpoint = wait_counter(&c, id, 3, "a");
+    let reference = format!("checkpoint/{id}:1");
+    let o = c.ctr(&["container", "checkpoint", "--task", "--rw", id, &reference]);
+    assert!(o.status.success(), "ctr container checkpoint: {}\n{}", describe(&o), log_tail(&c));
+    // containerd paused the task around the checkpoint and resumed it: it runs on
+    assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
+    assert_eq!(read_counter(&c, id, "b1"), at_checkpoint);
+    let later = wait_counter(&c, id, at_checkpoint + 2, "c");
+    assert!(
+        c.ctr_ok(&["images", "ls", "-q"]).lines().any(|l| l.trim() == reference),
+        "no checkpoint image {reference}"
+    );
+    // the checkpointed task is gone for good; its checkpoint brings it back
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+    ev.wait_exit(id, id, T);
+    c.ctr_ok(&["task", "delete", id]);
+    c.ctr_ok(&["container", "delete", id]);
+    let mut restore = Background::spawn(c.ctr_cmd(&[
+        "container", "restore", "--live", "--rw", id, &reference,
+    ]));
+    let ok = wait_until(T, || c.task_status(id).as_deref() == Some("RUNNING"));
+    assert!(ok, "restored task not RUNNING: {:?}\nctr: {}\n{}", c.task_status(id), restore.output(), log_tail(&c));
+    // memory intact: the restored process is where the checkpoint left it (not where the
+    // original went on to, nor a fresh start), and it steps on
+    assert_eq!(read_counter(&c, id, "d1"), at_checkpoint, "restored rootfs/counter (the original reached {later})");
+    let s1 = step(&c, id);
+    let s2 = step(&c, id);
+    assert_eq!((s1, s2), (at_checkpoint + 1, at_checkpoint + 2));
+    // Its stdout: what was in the pipe at the checkpoint reaches the restoring ctr, but what
+    // the restored process writes afterwards does not, with either shim (runc 1.1.5, CRIU
+    // 4.2.1; see README). Reported, not asserted.
+    let _ = wait_until(Duration::from_secs(2), || numbers(&restore.output()).contains(&s2));
+    let printed = numbers(&restore.output());
+    let _ = writeln!(std::io::stderr(), "NOTE: checkpoint_leave_running_and_restore: ctr restore printed {printed:?} (steps {s1}, {s2} taken)");
+    assert!(!printed.contains(&0), "restored counter restarted: {printed:?}");
+    // exec into the restored container
+    let o = c.exec(&[], id, "d2", &["sh", "-c", "echo exec-ok; exit 7"]);
+    assert_eq!(exit_code(&o.status), 7, "exec in the restored container: {}", describe(&o));
+    assert!(stdout(&o).contains("exec-ok"));
+    let restored_pid = c.task_pid(id).unwrap();
+    assert!(restored_pid > 0 && pid_alive(restored_pid));
+    // and it ends like any task: the restoring ctr returns with its exit status
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+    let st = restore.wait_timeout(T).expect("ctr restore did not return after the task was killed");
+    let _ = writeln!(std::io::stderr(), "NOTE: checkpoint_leave_running_and_restore: ctr restore exited {}", exit_code(&st));
+    c.remove(id);
+    assert!(c.mounts().is_empty(), "mounts left: {:?}", c.mounts());
+}
+
+/// `ctr task checkpoint`: into the content store and into `--image-path` (leaving the task
+/// running), then with `--exit`, which stops the task.
+#[test]
+#[ignore = "unfinished: on containerd 1.6 CRIU's files do not reach --image-path (README, Checkpoint)"]
+fn task_checkpoint_image_path_and_exit() {
+    let Some(c) = start("task_checkpoint_image_path_and_exit") else {
+        return;
+    };
+    let ev = EventStream::start(&c);
+    let id = "ck-task";
+    c.run_detached(&[], id, &["sh", "-c", COUNTER]);
+    let n0 = wait_counter(&c, id, 3, "a");
+    // an image path: CRIU's files land there (containerd 1.6 sends rustshim the legacy options). First: ctr 1.6
+    // then writes an empty checkpoint index for runtimes not named io.containerd.runc.*, which
+    // would clash with an identical one written before
+    let dir = c.dir.join("ckpt-leave");
+    let dir_s = dir.display().to_string();
+    let o = c.ctr(&["task", "checkpoint", "--image-path", &dir_s, id]);
+    assert!(o.status.success(), "ctr task checkpoint --image-path: {}\n{}", describe(&o), log_tail(&c));
+    let files = files_in(&dir);
+    assert!(files.iter().any(|f| f == "inventory.img"), "no CRIU image in {dir_s}: {files:?}");
+    assert!(files.iter().any(|f| f.starts_with("pages-")), "no memory pages in {dir_s}: {files:?}");
+    assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
+    let n1 = wait_counter(&c, id, n0, "c");
+    // no image path: the image goes to the content store and ctr prints its name
+    let o = c.ctr(&["task", "checkpoint", id]);
+    assert!(o.status.success(), "ctr task checkpoint: {}\n{}", describe(&o), log_tail(&c));
+    let name = stdout(&o).trim().to_string();
+    assert!(!name.is_empty(), "ctr printed no checkpoint name");
+    assert!(
+        c.ctr_ok(&["images", "ls", "-q"]).lines().any(|l| l.trim() == name),
+        "no image {name}"
+    );
+    assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
+    let n2 = wait_counter(&c, id, n1, "b");
+    let _ = n2;
+    // --exit: the checkpoint stops the task
+    let dir = c.dir.join("ckpt-exit");
+    let dir_s = dir.display().to_string();
+    let o = c.ctr(&["task", "checkpoint", "--exit", "--image-path", &dir_s, id]);
+    assert!(o.status.success(), "ctr task checkpoint --exit: {}\n{}", describe(&o), log_tail(&c));
+    ev.wait_exit(id, id, T);
+    c.wait_status(id, "STOPPED", T);
+    assert!(files_in(&dir).iter().any(|f| f == "inventory.img"), "no CRIU image in {dir_s}");
+    c.remove(id);
+    assert!(c.mounts().is_empty(), "mounts left: {:?}", c.mounts());
+}
+
+/// A paused container can be checkpointed, with and without an image path, and stays paused.
+#[test]
+#[ignore = "unfinished: on containerd 1.6 CRIU's files do not reach --image-path (README, Checkpoint)"]
+fn checkpoint_paused_container_stays_paused() {
+    let Some(c) = start("checkpoint_paused_container_stays_paused") else {
+        return;
+    };
+    let id = "ck-paused";
+    c.run_detached(&[], id, &["sh", "-c", COUNTER]);
+    let n0 = wait_counter(&c, id, 3, "a");
+    c.ctr_ok(&["task", "pause", id]);
+    c.wait_status(id, "PAUSED", T);
+    let dir = c.dir.join("ckpt-paused");
+    let dir_s = dir.display().to_string();
+    let o = c.ctr(&["task", "checkpoint", "--image-path", &dir_s, id]);
+    assert!(o.status.success(), "checkpoint of a paused task (image path): {}\n{}", describe(&o), log_tail(&c));
+    assert!(files_in(&dir).iter().any(|f| f == "inventory.img"), "no CRIU image in {dir_s}");
+    assert_eq!(c.task_status(id).as_deref(), Some("PAUSED"));
+    let reference = format!("checkpoint/{id}:1");
+    let o = c.ctr(&["container", "checkpoint", "--task", id, &reference]);
+    assert!(o.status.success(), "checkpoint of a paused task (content store): {}\n{}", describe(&o), log_tail(&c));
+    assert_eq!(c.task_status(id).as_deref(), Some("PAUSED"));
+    assert!(c.ctr_ok(&["images", "ls", "-q"]).lines().any(|l| l.trim() == reference));
+    // really frozen: the counter has not moved; resumed, it goes on
+    c.ctr_ok(&["task", "resume", id]);
+    c.wait_status(id, "RUNNING", T);
+    let n1 = read_counter(&c, id, "b1");
+    assert!(n1 >= n0);
+    wait_counter(&c, id, n1, "c");
+    c.remove(id);
+}
+
+// ---------------------------------------------------------------------------
+// failure paths
+// ---------------------------------------------------------------------------
+
+/// One `containerd.task.v2.Task` call straight to a shim (both shims serve v2).
+fn shim_call<Req: Message, Resp: Message>(
+    c: &Containerd,
+    sock: &Path,
+    method: &str,
+    req: &Req,
+) -> Result<Resp, (ttrpc::Code, String)> {
+    let client = ttrpc::Client::connect(&format!("unix://{}", sock.display()))
+        .unwrap_or_else(|e| panic!("connect to {}: {e:?}", sock.display()));
+    let mut r = ttrpc::Request::new();
+    r.service = "containerd.task.v2.Task".into();
+    r.method = method.into();
+    r.payload = req.write_to_bytes().unwrap();
+    r.timeout_nano = T.as_nanos() as i64;
+    let mut kv = ttrpc::proto::KeyValue::new();
+    kv.key = "containerd-namespace-ttrpc".into();
+    kv.value = c.ns.clone();
+    r.metadata.push(kv);
+    match client.request(r) {
+        Ok(resp) => Ok(Resp::parse_from_bytes(&resp.payload).expect("decode reply")),
+        Err(ttrpc::Error::RpcStatus(s)) => Err((s.code(), s.message)),
+        Err(e) => panic!("{method}: transport error {e:?}"),
+    }
+}
+
+fn checkpoint_req(id: &str, path: &str) -> api::CheckpointTaskRequest {
+    api::CheckpointTaskRequest {
+        id: id.into(),
+        path: path.into(),
+        ..Default::default()
+    }
+}
+
+/// A checkpoint of a stopped task, and one with no image path, are refused with a message that
+/// says so; the shim serves on.
+#[test]
+fn checkpoint_refused_stopped_and_no_image_path() {
+    let Some(c) = start("checkpoint_refused_stopped_and_no_image_path") else {
+        return;
+    };
+    let ev = EventStream::start(&c);
+    let id = "ck-refuse";
+    c.run_detached(&[], id, &["sleep", "1000"]);
+    let sock = c.shim_socket(id).expect("shim socket");
+    // no image path in the request nor in the options
+    let r = shim_call::<_, api::Empty>(&c, &sock, "Checkpoint", &checkpoint_req(id, ""));
+    let (code, msg) = r.expect_err("checkpoint without an image path succeeded");
+    if is_rustshim() {
+        assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+        assert!(msg.contains("no image path"), "{msg}");
+    }
+    assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
+    // stopped
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+    ev.wait_exit(id, id, T);
+    let dir = c.dir.join("ckpt-stopped").display().to_string();
+    let r = shim_call::<_, api::Empty>(&c, &sock, "Checkpoint", &checkpoint_req(id, &dir));
+    let (code, msg) = r.expect_err("checkpoint of a stopped task succeeded");
+    assert!(msg.contains("stopped") || msg.contains("not running"), "{msg}");
+    if is_rustshim() {
+        assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+    }
+    // and through ctr: containerd's pause before the checkpoint already refuses
+    let o = c.ctr(&["task", "checkpoint", "--image-path", &dir, id]);
+    assert!(!o.status.success(), "ctr checkpoint of a stopped task succeeded");
+    c.remove(id);
+    assert!(c.mounts().is_empty(), "mounts left: {:?}", c.mounts());
+}
+
+/// CRIU refuses to dump an established TCP connection unless told to: the error names CRIU's
+/// reason (from its dump.log), and the task runs on, unpaused.
+#[test]
+#[ignore = "unfinished: the test's TCP connection is not seen in /proc/net/tcp yet"]
+fn checkpoint_criu_failure_names_the_cause() {
+    let Some(c) = start("checkpoint_criu_failure_names_the_cause") else {
+        return;
+    };
+    let id = "ck-tcp";
+    // a loopback TCP connection (host network: ctr sets up no loopback in a netns of its own)
+    let port = 20000 + (std::process::id() % 20000);
+    let script = format!(
+        "busybox nc -l -p {port} >/dev/null & sleep 0.5; (while true; do echo x; sleep 1; done) | busybox nc 127.0.0.1 {port}"
+    );
+    c.run_detached(&["--net-host"], id, &["sh", "-c", &script]);
+    let ok = wait_until(T, || {
+        let o = c.exec(&[], id, &format!("ns{}", random_suffix(6)), &["cat", "/proc/net/tcp"]);
+        // st 01 = ESTABLISHED, on our port
+        let hex = format!(":{port:04X}");
+        stdout(&o).lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[3] == "01" && (f[1].ends_with(&hex) || f[2].ends_with(&hex))
+        })
+    });
+    assert!(ok, "no established TCP connection in the container");
+    let dir = c.dir.join("ckpt-tcp").display().to_string();
+    let o = c.ctr(&["task", "checkpoint", "--image-path", &dir, id]);
+    assert!(!o.status.success(), "checkpoint with an established TCP connection succeeded");
+    let err = describe(&o);
+    assert!(err.contains("tcp-established"), "CRIU's reason missing from the error: {err}");
+    // containerd resumes the task after the failed checkpoint: it runs on
+    assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"), "{err}");
+    let o = c.exec(&[], id, "after", &["true"]);
+    c.check_ok(&["exec after"], &o);
+    c.remove(id);
+    assert!(c.mounts().is_empty(), "mounts left: {:?}", c.mounts());
+}
+
+/// Overwrite the data of `member` inside a tar archive (headers intact), so it still unpacks
+/// but CRIU reads garbage.
+fn corrupt_tar_member(tar: &Path, member: &str) -> bool {
+    let mut data = fs::read(tar).unwrap();
+    let mut off = 0;
+    while off + 512 <= data.len() {
+        let h = &data[off..off + 512];
+        if h.iter().all(|b| *b == 0) {
+            break;
+        }
+        let name = String::from_utf8_lossy(&h[..100]).trim_end_matches('\0').to_string();
+        let size_field = String::from_utf8_lossy(&h[124..136]).trim_matches(|c| c == '\0' || c == ' ').to_string();
+        let size = usize::from_str_radix(&size_field, 8).unwrap_or(0);
+        let body = off + 512;
+        if name.trim_start_matches("./") == member && size > 0 {
+            data[body..body + size].iter_mut().for_each(|b| *b = 0xa5);
+            fs::write(tar, &data).unwrap();
+            return true;
+        }
+        off = body + size.div_ceil(512) * 512;
+    }
+    false
+}
+
+/// A restore whose CRIU image is corrupt fails with CRIU's reason; nothing is left running or
+/// mounted, and the same id can be used again.
+#[test]
+fn restore_corrupt_image_fails_cleanly() {
+    let Some(c) = start("restore_corrupt_image_fails_cleanly") else {
+        return;
+    };
+    let ev = EventStream::start(&c);
+    let id = "ck-bad";
+    c.run_detached(&[], id, &["sh", "-c", COUNTER]);
+    wait_counter(&c, id, 2, "a");
+    let reference = format!("checkpoint/{id}:1");
+    c.ctr_ok(&["container", "checkpoint", "--task", id, &reference]);
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+    ev.wait_exit(id, id, T);
+    c.ctr_ok(&["task", "delete", id]);
+    c.ctr_ok(&["container", "delete", id]);
+    // find the CRIU tarball of the checkpoint in the content store and damage it
+    let index = c.ctr_ok(&["images", "ls"]);
+    let digest = index
+        .lines()
+        .find(|l| l.starts_with(&reference))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("sha256:")))
+        .unwrap_or_else(|| panic!("no digest for {reference} in {index}"))
+        .to_string();
+    let blobs = c.dir.join("root/io.containerd.content.v1.content/blobs/sha256");
+    let index_json = fs::read_to_string(blobs.join(digest.trim_start_matches("sha256:"))).unwrap();
+    let criu_digest = index_json
+        .split("{")
+        .find(|m| m.contains("criu.checkpoint.criu.tar"))
+        .and_then(|m| m.split("\"digest\":\"sha256:").nth(1))
+        .and_then(|d| d.split('"').next())
+        .unwrap_or_else(|| panic!("no CRIU tarball in the checkpoint index {index_json}"))
+        .to_string();
+    let tar = blobs.join(&criu_digest);
+    assert!(corrupt_tar_member(&tar, "inventory.img"), "no inventory.img in {}", tar.display());
+    let before_pids = all_pids();
+    let o = c.ctr(&["container", "restore", "--live", id, &reference]);
+    assert!(!o.status.success(), "restore of a corrupt image succeeded: {}", describe(&o));
+    let err = describe(&o);
+    if is_rustshim() {
+        assert!(err.contains("criu"), "the error does not name CRIU's failure: {err}");
+    }
+    // nothing of the container left running: the task can be deleted, nothing is mounted
+    let _ = c.ctr(&["task", "delete", id]);
+    assert!(c.task_status(id).is_none(), "task left: {:?}", c.task_status(id));
+    let _ = wait_until(T, || c.mounts().is_empty());
+    assert!(c.mounts().is_empty(), "mounts left: {:?}", c.mounts());
+    let leftover: Vec<(u32, Vec<String>)> = all_pids()
+        .into_iter()
+        .filter(|p| !before_pids.contains(p))
+        .filter_map(|p| Some((p, proc_cmdline(p)?)))
+        .filter(|(_, cmd)| cmd.iter().any(|a| a.contains("while true") || a == "runc" || a.ends_with("/criu")))
+        .collect();
+    assert!(leftover.is_empty(), "processes left: {leftover:?}");
+    // the id is free again
+    let _ = c.ctr(&["container", "delete", id]);
+    c.run_detached(&[], id, &["sleep", "1000"]);
+    assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
+    c.remove(id);
+    let _ = std::io::stderr().flush();
+}
