@@ -115,12 +115,17 @@ fn start(name: &str) -> Option<Containerd> {
 const COUNTER: &str = "mkfifo /tmp/f; i=0; while true; do echo n=$i; echo $i > /tmp/n; i=$((i+1)); read x <> /tmp/f; done";
 
 fn read_counter(c: &Containerd, id: &str, exec_id: &str) -> u64 {
-    let o = c.exec(&[], id, exec_id, &["cat", "/tmp/n"]);
-    c.check_ok(&["exec", exec_id], &o);
-    stdout(&o)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("counter file holds {:?}", stdout(&o)))
+    // The loop rewrites /tmp/n in place: a read can meet it empty for a moment.
+    let mut last = String::new();
+    for k in 0..50 {
+        let o = c.exec(&[], id, &format!("{exec_id}-{k}"), &["cat", "/tmp/n"]);
+        c.check_ok(&["exec", exec_id], &o);
+        last = stdout(&o);
+        if let Ok(n) = last.trim().parse() {
+            return n;
+        }
+    }
+    panic!("counter file of {id} holds {last:?}")
 }
 
 /// One step of the counter: returns the new value once the loop has taken it.
@@ -245,83 +250,156 @@ fn checkpoint_leave_running_and_restore() {
     assert!(c.mounts().is_empty(), "mounts left: {:?}", c.mounts());
 }
 
-/// `ctr task checkpoint`: into the content store and into `--image-path` (leaving the task
-/// running), then with `--exit`, which stops the task.
+/// Protobuf wire bytes of (field, string) and (field, bool) pairs: the legacy
+/// `containerd.linux.runc.CheckpointOptions` has no generated type in the crate.
+fn wire(strings: &[(u32, &str)], bools: &[(u32, bool)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (n, v) in strings {
+        out.push((n << 3 | 2) as u8);
+        let mut len = v.len();
+        loop {
+            let b = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+        out.extend_from_slice(v.as_bytes());
+    }
+    for (n, v) in bools {
+        out.push((n << 3) as u8);
+        out.push(*v as u8);
+    }
+    out
+}
+
+fn checkpoint_with(id: &str, path: &str, type_url: &str, value: Vec<u8>) -> api::CheckpointTaskRequest {
+    let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+    any.type_url = type_url.into();
+    any.value = value;
+    api::CheckpointTaskRequest {
+        id: id.into(),
+        path: path.into(),
+        options: Some(any).into(),
+        ..Default::default()
+    }
+}
+
+fn assert_criu_image(dir: &Path) {
+    let files = files_in(dir);
+    assert!(files.iter().any(|f| f == "inventory.img"), "no CRIU image in {}: {files:?}", dir.display());
+    assert!(files.iter().any(|f| f.starts_with("pages-")), "no memory pages in {}: {files:?}", dir.display());
+}
+
+/// `ctr task checkpoint` into the content store; then what ctr cannot route to a runtime not
+/// named io.containerd.runc.* (its `--image-path`, `--work-path` and `--exit` are only filled
+/// in for runc names, see cmd/ctr/commands/tasks/checkpoint.go), sent to the shim as
+/// containerd forwards it: the image path in runc v2 options, the legacy options of 1.6's
+/// client (`WithCheckpointImagePath` for other runtime names), and `exit`, which stops the task.
 #[test]
-#[ignore = "unfinished: on containerd 1.6 CRIU's files do not reach --image-path (README, Checkpoint)"]
-fn task_checkpoint_image_path_and_exit() {
-    let Some(c) = start("task_checkpoint_image_path_and_exit") else {
+fn task_checkpoint_image_path_legacy_options_and_exit() {
+    let Some(c) = start("task_checkpoint_image_path_legacy_options_and_exit") else {
         return;
     };
     let ev = EventStream::start(&c);
     let id = "ck-task";
     c.run_detached(&[], id, &["sh", "-c", COUNTER]);
-    let n0 = wait_counter(&c, id, 3, "a");
-    // an image path: CRIU's files land there (containerd 1.6 sends rustshim the legacy options). First: ctr 1.6
-    // then writes an empty checkpoint index for runtimes not named io.containerd.runc.*, which
-    // would clash with an identical one written before
-    let dir = c.dir.join("ckpt-leave");
-    let dir_s = dir.display().to_string();
-    let o = c.ctr(&["task", "checkpoint", "--image-path", &dir_s, id]);
-    assert!(o.status.success(), "ctr task checkpoint --image-path: {}\n{}", describe(&o), log_tail(&c));
-    let files = files_in(&dir);
-    assert!(files.iter().any(|f| f == "inventory.img"), "no CRIU image in {dir_s}: {files:?}");
-    assert!(files.iter().any(|f| f.starts_with("pages-")), "no memory pages in {dir_s}: {files:?}");
-    assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
-    let n1 = wait_counter(&c, id, n0, "c");
-    // no image path: the image goes to the content store and ctr prints its name
+    let n0 = wait_counter(&c, id, 2, "a");
     let o = c.ctr(&["task", "checkpoint", id]);
     assert!(o.status.success(), "ctr task checkpoint: {}\n{}", describe(&o), log_tail(&c));
     let name = stdout(&o).trim().to_string();
     assert!(!name.is_empty(), "ctr printed no checkpoint name");
-    assert!(
-        c.ctr_ok(&["images", "ls", "-q"]).lines().any(|l| l.trim() == name),
-        "no image {name}"
-    );
+    assert!(c.ctr_ok(&["images", "ls", "-q"]).lines().any(|l| l.trim() == name), "no image {name}");
     assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
-    let n2 = wait_counter(&c, id, n1, "b");
-    let _ = n2;
-    // --exit: the checkpoint stops the task
-    let dir = c.dir.join("ckpt-exit");
-    let dir_s = dir.display().to_string();
-    let o = c.ctr(&["task", "checkpoint", "--exit", "--image-path", &dir_s, id]);
-    assert!(o.status.success(), "ctr task checkpoint --exit: {}\n{}", describe(&o), log_tail(&c));
+    let n1 = wait_counter(&c, id, n0, "b");
+    let sock = c.shim_socket(id).expect("shim socket");
+    // runc v2 options: the image path from the options (containerd's `path` left empty)
+    let dir1 = c.dir.join("ckpt-v2");
+    let mut v2 = containerd_shim_protos::shim::oci::CheckpointOptions::new();
+    v2.image_path = dir1.display().to_string();
+    let r = shim_call::<_, api::Empty>(
+        &c,
+        &sock,
+        "Checkpoint",
+        &checkpoint_with(id, "", "containerd.runc.v1.CheckpointOptions", v2.write_to_bytes().unwrap()),
+    );
+    if is_rustshim() {
+        r.unwrap_or_else(|e| panic!("checkpoint with runc v2 options: {e:?}"));
+        assert_criu_image(&dir1);
+    } else {
+        let _ = writeln!(std::io::stderr(), "NOTE: the Go shim, image path only in the options: {r:?}");
+    }
+    assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
+    let n2 = wait_counter(&c, id, n1, "c");
+    // containerd 1.6's legacy options: work_path is field 8, image_path field 9
+    let dir2 = c.dir.join("ckpt-legacy");
+    let work2 = c.dir.join("work-legacy");
+    let legacy = wire(&[(8, &work2.display().to_string()), (9, &dir2.display().to_string())], &[]);
+    let r = shim_call::<_, api::Empty>(
+        &c,
+        &sock,
+        "Checkpoint",
+        &checkpoint_with(id, &dir2.display().to_string(), "containerd.linux.runc.CheckpointOptions", legacy),
+    );
+    if is_rustshim() {
+        r.unwrap_or_else(|e| panic!("checkpoint with the legacy options: {e:?}"));
+        assert_criu_image(&dir2);
+        assert!(work2.join("dump.log").exists(), "no dump.log in the legacy work path {}", work2.display());
+    } else {
+        let _ = writeln!(std::io::stderr(), "NOTE: the Go shim, legacy CheckpointOptions: {r:?}");
+    }
+    assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
+    wait_counter(&c, id, n2, "d");
+    // exit: the checkpoint stops the task
+    let dir3 = c.dir.join("ckpt-exit");
+    let mut ex = containerd_shim_protos::shim::oci::CheckpointOptions::new();
+    ex.exit = true;
+    let r = shim_call::<_, api::Empty>(
+        &c,
+        &sock,
+        "Checkpoint",
+        &checkpoint_with(id, &dir3.display().to_string(), "containerd.runc.v1.CheckpointOptions", ex.write_to_bytes().unwrap()),
+    );
+    r.unwrap_or_else(|e| panic!("checkpoint with exit: {e:?}"));
+    assert_criu_image(&dir3);
     ev.wait_exit(id, id, T);
     c.wait_status(id, "STOPPED", T);
-    assert!(files_in(&dir).iter().any(|f| f == "inventory.img"), "no CRIU image in {dir_s}");
     c.remove(id);
     assert!(c.mounts().is_empty(), "mounts left: {:?}", c.mounts());
 }
 
-/// A paused container can be checkpointed, with and without an image path, and stays paused.
+/// A paused container can be checkpointed (Checkpoint as containerd forwards it) and stays
+/// paused.
 #[test]
-#[ignore = "unfinished: on containerd 1.6 CRIU's files do not reach --image-path (README, Checkpoint)"]
 fn checkpoint_paused_container_stays_paused() {
     let Some(c) = start("checkpoint_paused_container_stays_paused") else {
         return;
     };
     let id = "ck-paused";
     c.run_detached(&[], id, &["sh", "-c", COUNTER]);
-    let n0 = wait_counter(&c, id, 3, "a");
+    let n0 = wait_counter(&c, id, 2, "a");
     c.ctr_ok(&["task", "pause", id]);
     c.wait_status(id, "PAUSED", T);
+    let sock = c.shim_socket(id).expect("shim socket");
     let dir = c.dir.join("ckpt-paused");
-    let dir_s = dir.display().to_string();
-    let o = c.ctr(&["task", "checkpoint", "--image-path", &dir_s, id]);
-    assert!(o.status.success(), "checkpoint of a paused task (image path): {}\n{}", describe(&o), log_tail(&c));
-    assert!(files_in(&dir).iter().any(|f| f == "inventory.img"), "no CRIU image in {dir_s}");
+    let r = shim_call::<_, api::Empty>(&c, &sock, "Checkpoint", &checkpoint_req(id, &dir.display().to_string()));
+    r.unwrap_or_else(|e| panic!("checkpoint of a paused task with an image path: {e:?}"));
+    assert_criu_image(&dir);
     assert_eq!(c.task_status(id).as_deref(), Some("PAUSED"));
+    // ctr's routes pause the task first, and pausing a paused task is refused by both shims
+    // ("cannot pause a paused container" from the Go shim): the checkpoint fails, the task
+    // stays paused.
     let reference = format!("checkpoint/{id}:1");
     let o = c.ctr(&["container", "checkpoint", "--task", id, &reference]);
-    assert!(o.status.success(), "checkpoint of a paused task (content store): {}\n{}", describe(&o), log_tail(&c));
+    assert!(!o.status.success(), "ctr checkpoint of a paused task passed the client's pause");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("paused"), "{}", describe(&o));
     assert_eq!(c.task_status(id).as_deref(), Some("PAUSED"));
-    assert!(c.ctr_ok(&["images", "ls", "-q"]).lines().any(|l| l.trim() == reference));
-    // really frozen: the counter has not moved; resumed, it goes on
     c.ctr_ok(&["task", "resume", id]);
     c.wait_status(id, "RUNNING", T);
-    let n1 = read_counter(&c, id, "b1");
-    assert!(n1 >= n0);
-    wait_counter(&c, id, n1, "c");
+    assert_eq!(read_counter(&c, id, "b1"), n0);
+    wait_counter(&c, id, n0, "c");
     c.remove(id);
 }
 
@@ -375,10 +453,13 @@ fn checkpoint_refused_stopped_and_no_image_path() {
     let sock = c.shim_socket(id).expect("shim socket");
     // no image path in the request nor in the options
     let r = shim_call::<_, api::Empty>(&c, &sock, "Checkpoint", &checkpoint_req(id, ""));
-    let (code, msg) = r.expect_err("checkpoint without an image path succeeded");
     if is_rustshim() {
+        let (code, msg) = r.expect_err("checkpoint without an image path succeeded");
         assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
         assert!(msg.contains("no image path"), "{msg}");
+    } else {
+        // The Go shim hands runc `--image-path ""`, and runc picks a directory of its own.
+        let _ = writeln!(std::io::stderr(), "NOTE: the Go shim answers a checkpoint without an image path with {r:?}");
     }
     assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
     // stopped
