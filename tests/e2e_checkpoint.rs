@@ -108,24 +108,27 @@ fn start(name: &str) -> Option<Containerd> {
 }
 
 /// A shell loop counting in memory, one step per line written to the FIFO /tmp/f in its rootfs;
-/// each number goes to stdout and to /tmp/n. Driven by steps rather than by time: a process
-/// restored by this CRIU/runc through containerd never wakes from a timed sleep it was in at the
-/// checkpoint (nanosleep and poll with a timeout, with both shims; see README), while a blocking
-/// read resumes.
-const COUNTER: &str = "mkfifo /tmp/f; i=0; while true; do echo n=$i; echo $i > /tmp/n; i=$((i+1)); read x <> /tmp/f; done";
+/// each number goes to stdout and to /tmp/n. Driven by steps rather than by time, so a test can
+/// say exactly which value a restored process must continue from.
+/// Beside it, a timed loop counts in /tmp/j, for timers in a restored process.
+const COUNTER: &str = "mkfifo /tmp/f; (j=0; while true; do j=$((j+1)); echo $j > /tmp/j; sleep 0.1; done) & i=0; while true; do echo n=$i; echo $i > /tmp/n; i=$((i+1)); read x <> /tmp/f; done";
 
 fn read_counter(c: &Containerd, id: &str, exec_id: &str) -> u64 {
-    // The loop rewrites /tmp/n in place: a read can meet it empty for a moment.
+    read_number(c, id, exec_id, "/tmp/n")
+}
+
+fn read_number(c: &Containerd, id: &str, exec_id: &str, file: &str) -> u64 {
+    // The loops rewrite their files in place: a read can meet one empty for a moment.
     let mut last = String::new();
     for k in 0..50 {
-        let o = c.exec(&[], id, &format!("{exec_id}-{k}"), &["cat", "/tmp/n"]);
+        let o = c.exec(&[], id, &format!("{exec_id}-{k}"), &["cat", file]);
         c.check_ok(&["exec", exec_id], &o);
         last = stdout(&o);
         if let Ok(n) = last.trim().parse() {
             return n;
         }
     }
-    panic!("counter file of {id} holds {last:?}")
+    panic!("{file} of {id} holds {last:?}")
 }
 
 /// One step of the counter: returns the new value once the loop has taken it.
@@ -166,22 +169,6 @@ fn log_tail(c: &Containerd) -> String {
     v[v.len().saturating_sub(30)..].join("\n")
 }
 
-#[allow(dead_code)] // for diagnosing a restored task that does not run
-/// The cgroup v1 freezer state of a pid (FROZEN / THAWED), or the v2 cgroup.freeze value.
-fn freezer_state(pid: u32) -> Option<String> {
-    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    for l in cg.lines() {
-        let mut f = l.splitn(3, ':');
-        let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
-        if ctrl.split(',').any(|c| c == "freezer") {
-            return fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state"))
-                .ok()
-                .map(|s| s.trim().to_string());
-        }
-    }
-    None
-}
-
 fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -218,34 +205,42 @@ fn checkpoint_leave_running_and_restore() {
     ev.wait_exit(id, id, T);
     c.ctr_ok(&["task", "delete", id]);
     c.ctr_ok(&["container", "delete", id]);
-    let mut restore = Background::spawn(c.ctr_cmd(&[
-        "container", "restore", "--live", "--rw", id, &reference,
-    ]));
-    let ok = wait_until(T, || c.task_status(id).as_deref() == Some("RUNNING"));
-    assert!(ok, "restored task not RUNNING: {:?}\nctr: {}\n{}", c.task_status(id), restore.output(), log_tail(&c));
+    // Without a TTY, ctr 1.6-2.1's restore returns once the task has started (it does not
+    // stay attached): its FIFOs stay, and `ctr task attach` reads them.
+    let o = c.ctr(&["container", "restore", "--live", "--rw", id, &reference]);
+    assert!(o.status.success(), "ctr container restore: {}\n{}", describe(&o), log_tail(&c));
+    c.wait_status(id, "RUNNING", T);
+    let mut attach = Background::spawn(c.ctr_cmd(&["task", "attach", id]));
     // memory intact: the restored process is where the checkpoint left it (not where the
     // original went on to, nor a fresh start), and it steps on
     assert_eq!(read_counter(&c, id, "d1"), at_checkpoint, "restored rootfs/counter (the original reached {later})");
     let s1 = step(&c, id);
     let s2 = step(&c, id);
     assert_eq!((s1, s2), (at_checkpoint + 1, at_checkpoint + 2));
-    // Its stdout: what was in the pipe at the checkpoint reaches the restoring ctr, but what
-    // the restored process writes afterwards does not, with either shim (runc 1.1.5, CRIU
-    // 4.2.1; see README). Reported, not asserted.
-    let _ = wait_until(Duration::from_secs(2), || numbers(&restore.output()).contains(&s2));
-    let printed = numbers(&restore.output());
-    let _ = writeln!(std::io::stderr(), "NOTE: checkpoint_leave_running_and_restore: ctr restore printed {printed:?} (steps {s1}, {s2} taken)");
-    assert!(!printed.contains(&0), "restored counter restarted: {printed:?}");
+    // its stdout is wired to the restoring ctr's new FIFOs
+    let ok = wait_until(T, || numbers(&attach.output()).contains(&s2));
+    assert!(ok, "restored task's output missing from its FIFOs (ctr task attach): {:?}", attach.output());
+    let printed = numbers(&attach.output());
+    assert!(printed.contains(&s1) && !printed.contains(&0), "attach printed {printed:?}");
     // exec into the restored container
     let o = c.exec(&[], id, "d2", &["sh", "-c", "echo exec-ok; exit 7"]);
     assert_eq!(exit_code(&o.status), 7, "exec in the restored container: {}", describe(&o));
     assert!(stdout(&o).contains("exec-ok"));
     let restored_pid = c.task_pid(id).unwrap();
     assert!(restored_pid > 0 && pid_alive(restored_pid));
-    // and it ends like any task: the restoring ctr returns with its exit status
+    // timers fire in the restored processes as well: the timed loop goes on
+    let j0 = read_number(&c, id, "j0", "/tmp/j");
+    let mut j = j0;
+    let ok = wait_until(T, || {
+        j = read_number(&c, id, &format!("j{}", random_suffix(8)), "/tmp/j");
+        j >= j0 + 3
+    });
+    assert!(ok, "the restored timed loop is stuck at {j}");
+    // and it ends like any task: attach returns with its exit status
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
-    let st = restore.wait_timeout(T).expect("ctr restore did not return after the task was killed");
-    let _ = writeln!(std::io::stderr(), "NOTE: checkpoint_leave_running_and_restore: ctr restore exited {}", exit_code(&st));
+    ev.wait_exit(id, id, T);
+    let st = attach.wait_timeout(T).expect("attach did not return after the task was killed");
+    assert_eq!(exit_code(&st), 137, "ctr task attach: {}", attach.output());
     c.remove(id);
     assert!(c.mounts().is_empty(), "mounts left: {:?}", c.mounts());
 }
