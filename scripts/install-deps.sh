@@ -21,6 +21,11 @@ PACKAGES=(
     squashfuse          # a FUSE filesystem for the FUSE mount tests
     squashfs-tools      # mksquashfs: its images
     containernetworking-plugins # CNI ptp/loopback: the user-namespace pod needs its own netns
+    # build deps of the CRIU that scripts/install-criu.sh builds (bookworm's criu 3.17 cannot
+    # dump on this kernel)
+    libbsd-dev libcap-dev libnet1-dev libnftables-dev libnl-3-dev libprotobuf-c-dev
+    protobuf-c-compiler libgnutls28-dev libprotobuf-dev python3-protobuf uuid-dev
+    iptables            # CRIU locks a container's network (in its own netns) with iptables-restore
 )
 
 log() { echo "[install-deps] $*"; }

@@ -27,6 +27,9 @@ fi
 
 step "system packages"
 bash scripts/install-deps.sh
+# A CRIU for checkpoint/restore (bookworm's 3.17 cannot dump on this kernel); point containerd's
+# environment at it with RUSTSHIM_CRIU_PATH (README, Checkpoint and restore).
+bash scripts/install-criu.sh >/dev/null
 
 step "Rust toolchain"
 # shellcheck source=scripts/cargo-env.sh

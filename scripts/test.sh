@@ -34,6 +34,11 @@ cargo build --all-targets
 step "a second OCI runtime for the BinaryName tests (scripts/install-youki.sh)"
 bash scripts/install-youki.sh
 
+step "a CRIU that can dump on this kernel, for the checkpoint tests (scripts/install-criu.sh)"
+criu=$(bash scripts/install-criu.sh)
+"$criu" check || echo "warning: $criu check failed: the checkpoint tests will fail or skip" >&2
+export RUSTSHIM_CRIU=$criu
+
 step "unit tests"
 rm -rf target/tmp/e2e-logs
 start=$(date +%s)

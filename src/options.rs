@@ -6,7 +6,7 @@ use std::path::Path;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::protobuf::{Message, UnknownValueRef};
-use containerd_shim_protos::shim::oci::Options as RuncOptions;
+use containerd_shim_protos::shim::oci::{CheckpointOptions, Options as RuncOptions};
 use serde_json::json;
 
 use crate::bundle::{open_regular, write_atomic};
@@ -189,6 +189,48 @@ fn decode_legacy_create_options(value: &[u8]) -> Result<ShimOptions> {
     })
 }
 
+/// Decode Checkpoint's options Any: runc v2's `containerd.runc.v1.CheckpointOptions`, or the
+/// legacy type containerd 1.6's client sends to a runtime whose name does not start with
+/// io.containerd.runc. Empty means defaults; any other type is refused by name.
+pub fn decode_checkpoint(any: Option<&Any>) -> Result<CheckpointOptions> {
+    let Some(any) = any.filter(|a| !a.type_url.is_empty() || !a.value.is_empty()) else {
+        return Ok(CheckpointOptions::new());
+    };
+    match bare(&any.type_url) {
+        "containerd.runc.v1.CheckpointOptions" => CheckpointOptions::parse_from_bytes(&any.value)
+            .map_err(|e| Error::InvalidArgument(format!("checkpoint: bad containerd.runc.v1.CheckpointOptions: {e}"))),
+        "containerd.linux.runc.CheckpointOptions" => decode_legacy_checkpoint_options(&any.value),
+        other => Err(Error::InvalidArgument(format!("checkpoint: unsupported options type {other:?}"))),
+    }
+}
+
+/// LEGACY DECODER, to be replaced by the generated type once protos/ carries it (branch
+/// `protos`): `containerd.linux.runc.CheckpointOptions` from containerd's
+/// runtime/linux/runctypes/runc.proto. Same fields as the runc v1 type except that
+/// work_path (8) and image_path (9) are swapped.
+fn decode_legacy_checkpoint_options(value: &[u8]) -> Result<CheckpointOptions> {
+    let what = "containerd.linux.runc.CheckpointOptions";
+    let m = fields(value, what)?;
+    let mut empty_namespaces = Vec::new();
+    for f in m.special_fields.unknown_fields().iter().filter(|(n, _)| *n == 6) {
+        match f.1 {
+            UnknownValueRef::LengthDelimited(b) => empty_namespaces.push(String::from_utf8_lossy(b).into_owned()),
+            _ => return Err(Error::InvalidArgument(format!("bad {what}: empty_namespaces is not a string"))),
+        }
+    }
+    let mut o = CheckpointOptions::new();
+    o.exit = field_u64(&m, 1) != 0;
+    o.open_tcp = field_u64(&m, 2) != 0;
+    o.external_unix_sockets = field_u64(&m, 3) != 0;
+    o.terminal = field_u64(&m, 4) != 0;
+    o.file_locks = field_u64(&m, 5) != 0;
+    o.empty_namespaces = empty_namespaces;
+    o.cgroups_mode = field_str(&m, 7);
+    o.work_path = field_str(&m, 8);
+    o.image_path = field_str(&m, 9);
+    Ok(o)
+}
+
 /// The flat TOML CRI writes for runtime options: `Key = value` lines with strings, booleans and
 /// integers. A small reader instead of a TOML crate keeps the binary small; anything outside
 /// this subset is refused with the line that has it.
@@ -357,6 +399,28 @@ mod tests {
         // runc Options with the reserved criu_path field 8
         let d = decode(Some(&any("containerd.runc.v1.Options", wire(&[(8, "/usr/sbin/criu"), (6, "crun")], &[])))).unwrap();
         assert_eq!((d.criu_path.as_str(), d.binary()), ("/usr/sbin/criu", "crun"));
+    }
+
+    #[test]
+    fn checkpoint_options_runc_and_legacy() {
+        assert_eq!(decode_checkpoint(None).unwrap(), CheckpointOptions::new());
+        let mut o = CheckpointOptions::new();
+        o.exit = true;
+        o.image_path = "/img".into();
+        o.work_path = "/work".into();
+        let d = decode_checkpoint(Some(&any("containerd.runc.v1.CheckpointOptions", o.write_to_bytes().unwrap()))).unwrap();
+        assert_eq!(d, o);
+        // legacy: work_path is field 8, image_path field 9
+        let v = wire(&[(8, "/work"), (9, "/img"), (6, "network"), (6, "uts"), (7, "soft")], &[(1, 1), (2, 1), (5, 1)]);
+        let d = decode_checkpoint(Some(&any("containerd.linux.runc.CheckpointOptions", v))).unwrap();
+        assert!(d.exit && d.open_tcp && d.file_locks && !d.terminal && !d.external_unix_sockets);
+        assert_eq!((d.image_path.as_str(), d.work_path.as_str()), ("/img", "/work"));
+        assert_eq!(d.empty_namespaces, ["network", "uts"]);
+        assert_eq!(d.cgroups_mode, "soft");
+        let e = decode_checkpoint(Some(&any("containerd.runc.v1.Options", vec![]))).unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("containerd.runc.v1.Options")), "{e}");
+        let e = decode_checkpoint(Some(&any("containerd.linux.runc.CheckpointOptions", vec![0xff]))).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)));
     }
 
     #[test]

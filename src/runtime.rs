@@ -38,6 +38,15 @@ fn call_timeout() -> Duration {
     })
 }
 
+/// The CRIU runc is told to use when the runtime options name none (CriuPath; containerd 2.x
+/// dropped that option): RUSTSHIM_CRIU_PATH in containerd's environment. Without either, runc
+/// runs `criu` from PATH. A newer CRIU can so be used without replacing the system's.
+fn default_criu() -> Option<&'static str> {
+    static P: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    P.get_or_init(|| std::env::var("RUSTSHIM_CRIU_PATH").ok().filter(|p| !p.trim().is_empty()))
+        .as_deref()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
     pub binary: String,
@@ -57,7 +66,8 @@ impl RuntimeConfig {
         if self.systemd_cgroup {
             a.push("--systemd-cgroup".into());
         }
-        if let Some(criu) = &self.criu_path {
+        let criu: Option<&str> = self.criu_path.as_deref().or_else(|| default_criu());
+        if let Some(criu) = criu {
             a.extend(["--criu".into(), criu.into()]);
         }
         a
@@ -375,7 +385,11 @@ impl OciRuntime for Runc {
 
     async fn restore(&self, call: &Call, id: &str, o: &CreateOpts<'_>, criu: &CriuOpts, stdio: ProcessStdio) -> Result<i32> {
         let _ = std::fs::remove_file(o.pid_file);
-        self.call(call, "restore", id, self.restore_args(id, o, criu), Some(stdio), None).await?;
+        let restore_log = criu.work_path.join("restore.log");
+        // A log left by an earlier attempt must not be mistaken for this one's.
+        let _ = std::fs::remove_file(&restore_log);
+        let r = self.call(call, "restore", id, self.restore_args(id, o, criu), Some(stdio), None).await;
+        r.map_err(|e| with_criu_log(e, &restore_log, &o.bundle.join("criu-restore.log")))?;
         read_pid_file(o.pid_file)
     }
 
@@ -438,8 +452,44 @@ impl OciRuntime for Runc {
 
     async fn checkpoint(&self, call: &Call, id: &str, criu: &CriuOpts, leave_running: bool) -> Result<()> {
         let args = self.checkpoint_args(id, criu, leave_running);
-        self.call(call, "checkpoint", id, args, None, None).await.map(drop)
+        let dump_log = criu.work_path.join("dump.log");
+        let _ = std::fs::remove_file(&dump_log);
+        let r = self.call(call, "checkpoint", id, args, None, None).await.map(drop);
+        // runc's log.json sits in the bundle: keep CRIU's log beside it.
+        r.map_err(|e| with_criu_log(e, &dump_log, &self.config.log.with_file_name("criu-dump.log")))
     }
+}
+
+fn is_generic_criu_error(m: &str) -> bool {
+    m.ends_with("FAILED.") || m.starts_with("exited, status=") || m.contains("failed with -")
+}
+
+/// runc reports a CRIU failure as "criu failed: type NOTIFY errno 0" and a log path: the cause
+/// is in CRIU's own log. Add it to the message, and keep a copy of the log in the bundle
+/// (`keep`, as the Go shim keeps criu-dump.log) since the work dir may be elsewhere or reused.
+fn with_criu_log(e: Error, criu_log: &Path, keep: &Path) -> Error {
+    let Error::Runtime { verb, message } = e else { return e };
+    let Ok(text) = std::fs::read_to_string(criu_log) else { return Error::Runtime { verb, message } };
+    if criu_log != keep && std::fs::copy(criu_log, keep).is_err() {
+        log::warn!("cannot keep {} as {}", criu_log.display(), keep.display());
+    }
+    match criu_log_errors(&text) {
+        Some(cause) => Error::Runtime { verb, message: format!("{message}: criu: {cause} (log: {})", keep.display()) },
+        None => Error::Runtime { verb, message: format!("{message} (criu log: {})", keep.display()) },
+    }
+}
+
+/// The cause in a CRIU log: its last `Error (file:line): text` line that is not one of the
+/// generic lines that follow a cause ("Dump files (pid: 9) failed with -1", "Dumping FAILED.",
+/// a helper's exit status). Earlier errors can be harmless (CRIU goes on when it cannot raise
+/// RLIMIT_NOFILE, say).
+pub fn criu_log_errors(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| l.split_once("Error (").map(|(_, rest)| rest))
+        .map(|rest| rest.split_once("): ").map_or(rest, |(_, m)| m).trim())
+        .filter(|m| !m.is_empty() && !is_generic_criu_error(m))
+        .last()
+        .map(str::to_string)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -547,6 +597,30 @@ mod tests {
             &a[7..],
             ["exec", "--detach", "--pid-file", "/b/e1.pid", "--process", "/b/e1.json", "c1"]
         );
+    }
+
+    #[test]
+    fn criu_log_error_lines() {
+        let log = "(00.001) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n(00.010) Error (criu/sk-inet.c:199): inet: Connected TCP socket, consider using --tcp-established option.\n(00.011) Error (criu/cr-dump.c:1545): Dump files (pid: 9) failed with -1\nError (criu/util.c:657): exited, status=1\n(00.012) Error (criu/cr-dump.c:1975): Dumping FAILED.\n";
+        assert_eq!(
+            criu_log_errors(log).as_deref(),
+            Some("inet: Connected TCP socket, consider using --tcp-established option.")
+        );
+        assert_eq!(criu_log_errors("(0.1) Warn (x.c:1): meh\n"), None);
+        assert_eq!(criu_log_errors("(0.1) Error (x.c:1): one\n").as_deref(), Some("one"));
+        let dir = std::env::temp_dir().join(format!("rs-criulog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("dump.log"), log).unwrap();
+        let e = Error::Runtime { verb: "checkpoint", message: "criu failed: type NOTIFY errno 0".into() };
+        let e = with_criu_log(e, &dir.join("dump.log"), &dir.join("criu-dump.log"));
+        let m = e.to_string();
+        assert!(m.starts_with("checkpoint: criu failed: type NOTIFY errno 0: criu: inet: Connected TCP socket"), "{m}");
+        assert!(m.contains("criu-dump.log"), "{m}");
+        assert!(dir.join("criu-dump.log").exists());
+        // no log: the runtime's message unchanged
+        let e = Error::Runtime { verb: "restore", message: "x".into() };
+        assert_eq!(with_criu_log(e, &dir.join("nope.log"), &dir.join("k")).to_string(), "restore: x");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

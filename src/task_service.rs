@@ -9,7 +9,7 @@ use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
-use containerd_shim_protos::shim::oci::{CheckpointOptions, ProcessDetails};
+use containerd_shim_protos::shim::oci::ProcessDetails;
 use containerd_shim_protos::shim_async::Task;
 use ttrpc::r#async::TtrpcContext;
 
@@ -262,19 +262,11 @@ impl Task for TaskService {
         let rpc = self.rpc("Checkpoint", &req.id, "");
         rpc.finish(async {
             check(&req.id, "")?;
-            let mut o = CheckpointOptions::new();
-            if let Some(any) = req.options.as_ref().filter(|a| !a.type_url.is_empty() || !a.value.is_empty()) {
-                if bare_type(&any.type_url) != "containerd.runc.v1.CheckpointOptions" {
-                    return Err(Error::InvalidArgument(format!(
-                        "checkpoint: unsupported options type {:?}",
-                        any.type_url
-                    ))
-                    .into());
-                }
-                o = CheckpointOptions::parse_from_bytes(&any.value)
-                    .map_err(|e| Error::InvalidArgument(format!("checkpoint: bad options: {e}")))?;
-            }
-            let image = if req.path.is_empty() { o.image_path.clone() } else { req.path.clone() };
+            let o = options::decode_checkpoint(req.options.as_ref())?;
+            // The options' image path is the client's own; containerd 1.6 fills `path` with a
+            // temporary dir of its own when it cannot read the options (a runtime not named
+            // io.containerd.runc.*), so the options win.
+            let image = if o.image_path.is_empty() { req.path.clone() } else { o.image_path.clone() };
             let criu = CriuOpts {
                 image_path: image.into(),
                 work_path: o.work_path.clone().into(),

@@ -1575,7 +1575,7 @@ fn shim_oom_score_and_process_group() {
 }
 
 // ---------------------------------------------------------------------------
-// 9. attach, checkpoint/restore
+// 9. attach
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1642,97 +1642,7 @@ fn attach_to_running_container() {
     c.ctr_ok(&["container", "delete", id]);
 }
 
-/// Err(reason) when criu is missing or `criu check` fails on this kernel.
-fn criu_usable() -> Result<(), String> {
-    let Some(criu) = which("criu") else {
-        return Err("criu is not installed (add it to scripts/install-deps.sh)".into());
-    };
-    let o = run_with_timeout(
-        Command::new(criu).arg("check"),
-        None,
-        Duration::ZERO,
-        Duration::from_secs(30),
-    );
-    if o.status.success() {
-        return Ok(());
-    }
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    // "Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds" -> the message part
-    let errors: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("Error") && !l.contains("exited, status="))
-        .map(|l| l.split_once("): ").map(|x| x.1).unwrap_or(l).trim())
-        .collect();
-    let reason = if errors.is_empty() {
-        text.lines()
-            .last()
-            .unwrap_or("no output")
-            .trim()
-            .to_string()
-    } else {
-        errors.join("; ")
-    };
-    Err(format!("criu check failed: {reason}"))
-}
-
-#[test]
-fn checkpoint_and_restore() {
-    let name = "checkpoint_and_restore";
-    if let Err(reason) = prerequisites() {
-        skip_or_fail(name, &reason);
-        return;
-    }
-    if let Err(reason) = criu_usable() {
-        documented_skip(name, &reason);
-        return;
-    }
-    // Not exercised on the reference host (criu 3.17 cannot checkpoint on its kernel).
-    let Some(c) = Containerd::start(name) else {
-        return;
-    };
-    c.import_image();
-    let ev = EventStream::start(&c);
-    let id = "ck-main";
-    c.run_detached(
-        &[],
-        id,
-        &[
-            "sh",
-            "-c",
-            "i=0; while true; do echo $i > /tmp/n; i=$((i+1)); sleep 0.1; done",
-        ],
-    );
-    thread::sleep(Duration::from_secs(1));
-    let read_n = |eid: &str| -> u64 {
-        let o = c.exec(&[], id, eid, &["cat", "/tmp/n"]);
-        c.check_ok(&["exec", eid], &o);
-        stdout(&o).trim().parse().unwrap_or(0)
-    };
-    let before = read_n("ckr1");
-    let reference = format!("checkpoint/{id}:1");
-    c.ctr_ok(&["container", "checkpoint", "--task", "--rw", id, &reference]);
-    // the checkpointed task keeps running (no --exit)
-    assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
-    ev.wait_exit(id, id, T);
-    c.ctr_ok(&["task", "delete", id]);
-    c.ctr_ok(&["container", "delete", id]);
-    let mut restore =
-        Background::spawn(c.ctr_cmd(&["container", "restore", "--live", "--rw", id, &reference]));
-    c.wait_status(id, "RUNNING", T);
-    thread::sleep(Duration::from_millis(500));
-    let after = read_n("ckr2");
-    assert!(
-        after > before,
-        "counter did not continue: before {before}, after {after}"
-    );
-    restore.kill();
-    c.remove(id);
-}
+// checkpoint/restore: tests/e2e_checkpoint.rs
 
 // ---------------------------------------------------------------------------
 // 10. metrics (Stats) and OOM events

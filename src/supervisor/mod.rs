@@ -335,14 +335,25 @@ impl Supervisor {
         let runtime = {
             let mut g = self.lock();
             let c = g.container(id)?;
-            if c.init.state() != State::Running || c.init.has_exited() {
-                return Err(Error::FailedPrecondition(format!("container {id} is not running")));
+            // A paused container can be checkpointed too (containerd's client pauses a task
+            // around its checkpoints); it stays paused, as with the Go shim.
+            match c.init.state() {
+                _ if c.init.has_exited() => {
+                    return Err(Error::FailedPrecondition(format!("container {id} is not running: cannot checkpoint it")))
+                }
+                State::Running | State::Paused => {}
+                State::Created => {
+                    return Err(Error::FailedPrecondition(format!("container {id} is not started: cannot checkpoint it")))
+                }
+                _ => return Err(Error::FailedPrecondition(format!("container {id} is not running: cannot checkpoint it"))),
             }
             if criu.image_path.as_os_str().is_empty() {
                 criu.image_path = PathBuf::from(&c.options.criu_image_path);
             }
             if criu.image_path.as_os_str().is_empty() {
-                return Err(Error::InvalidArgument("checkpoint: no image path".into()));
+                return Err(Error::InvalidArgument(format!(
+                    "checkpoint of {id}: no image path (neither the request's path, the options' image_path nor CriuImagePath)"
+                )));
             }
             if criu.work_path.as_os_str().is_empty() {
                 criu.work_path = lifecycle::criu_work_path(&c.bundle, &c.options);
