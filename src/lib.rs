@@ -16,6 +16,7 @@ pub mod logger;
 pub mod mount;
 pub mod options;
 pub mod process;
+pub mod protos;
 pub mod reaper;
 pub mod runtime;
 pub mod server;

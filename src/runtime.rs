@@ -442,9 +442,7 @@ impl OciRuntime for Runc {
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::from)
-}
+use crate::stdio::pipe;
 
 async fn read_all(fd: OwnedFd) -> Result<Vec<u8>> {
     let mut r = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)

@@ -72,9 +72,7 @@ fn status_of(state: State, container_paused: bool) -> Status {
     }
 }
 
-fn bare_type(url: &str) -> &str {
-    url.rsplit('/').next().unwrap_or(url)
-}
+use crate::protos::bare_type_url as bare_type;
 
 type R<T> = ttrpc::Result<T>;
 

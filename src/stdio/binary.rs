@@ -88,7 +88,7 @@ impl Logger {
         namespace: &str,
         reaper: &Reaper,
     ) -> Result<Logger> {
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (ready_r, ready_w) = super::pipe()?;
         let null = || std::fs::File::open("/dev/null").map(OwnedFd::from);
         let fd3 = match stdout_r {
             Some(fd) => fd,
