@@ -224,6 +224,15 @@ pub fn containerd_version(bin_dir: &Path) -> Result<((u32, u32, u32), String), S
 ///   handler (CRI then sends `runtimeoptions.v1.Options` to the shim: the
 ///   table as ConfigBody on 1.7+, or only `ConfigPath` on 1.6).
 pub fn cri_config(dir: &Path, version: (u32, u32, u32)) -> String {
+    cri_config_with(dir, version, &[], false)
+}
+
+/// [`cri_config`] with extra `key = value` lines for the handler's runtime options (e.g. a
+/// `BinaryName`), merged with `RUSTSHIM_CRI_OPTIONS`. With `as_runc_type`, the rustshim handler
+/// is declared as runtime type io.containerd.runc.v2 with `runtime_path` naming the shim: CRI
+/// then sends it runc's options type and reads its runtime's features (which it does, e.g., for
+/// user-namespace pods; for any other runtime type it fails to decode the options).
+pub fn cri_config_with(dir: &Path, version: (u32, u32, u32), options: &[String], as_runc_type: bool) -> String {
     let d = dir.display();
     let plugin = if version.0 >= 2 {
         "io.containerd.cri.v1.runtime"
@@ -238,8 +247,19 @@ pub fn cri_config(dir: &Path, version: (u32, u32, u32)) -> String {
     {
         extra.push_str(&format!("        runtime_path = \"{SHIM_BIN}\"\n"));
     }
-    if let Ok(opts) = std::env::var("RUSTSHIM_CRI_OPTIONS") {
-        if !opts.trim().is_empty() {
+    let runtime_type = if as_runc_type && testing_rustshim() {
+        extra.push_str(&format!("        runtime_path = \"{SHIM_BIN}\"\n"));
+        "io.containerd.runc.v2"
+    } else {
+        RUNTIME_TYPE
+    };
+    let mut opts = std::env::var("RUSTSHIM_CRI_OPTIONS").unwrap_or_default();
+    for o in options {
+        opts.push(';');
+        opts.push_str(o);
+    }
+    {
+        if !opts.trim_matches(|c: char| c == ';' || c.is_whitespace()).is_empty() {
             extra.push_str(&format!(
                 "      [plugins.\"{plugin}\".containerd.runtimes.{}.options]\n",
                 handler()
@@ -286,7 +306,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{HANDLER}]
-        runtime_type = "{RUNTIME_TYPE}"
+        runtime_type = "{runtime_type}"
         sandboxer = "podsandbox"
 {extra}    [plugins."io.containerd.cri.v1.runtime".cni]
       bin_dirs = ["{d}/cni/bin"]
@@ -329,7 +349,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}]
-        runtime_type = "{RUNTIME_TYPE}"
+        runtime_type = "{runtime_type}"
 {extra}    [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "{d}/cni/bin"
       conf_dir = "{d}/cni/conf"
@@ -510,6 +530,12 @@ impl CriContainerd {
     /// Starts the private containerd. Err(reason) when a prerequisite is
     /// missing (the caller applies the skip policy); panics on real failures.
     pub fn start(name: &str) -> Result<CriContainerd, String> {
+        Self::start_with(name, &[], false)
+    }
+
+    /// Like [`start`](Self::start), with extra runtime options for the handler (see
+    /// [`cri_config_with`]).
+    pub fn start_with(name: &str, runtime_options: &[String], as_runc_type: bool) -> Result<CriContainerd, String> {
         prerequisites()?;
         let bin_dir = containerd_bin_dir();
         let (version, version_line) = containerd_version(&bin_dir)?;
@@ -526,7 +552,7 @@ impl CriContainerd {
         for sub in ["pods", "cni/bin", "cni/conf"] {
             fs::create_dir_all(dir.join(sub)).expect("mkdir");
         }
-        fs::write(dir.join("config.toml"), cri_config(&dir, version)).expect("write config");
+        fs::write(dir.join("config.toml"), cri_config_with(&dir, version, runtime_options, as_runc_type)).expect("write config");
         let mut c = CriContainerd {
             name: name.to_string(),
             sock: dir.join("c.sock"),
