@@ -221,71 +221,50 @@ pub fn decode_checkpoint(any: Option<&Any>, path: &str) -> Result<CheckpointRequ
     Ok(req)
 }
 
-/// The flat TOML CRI writes for runtime options: `Key = value` lines with strings, booleans and
-/// integers. A small reader instead of a TOML crate keeps the binary small; anything outside
-/// this subset is refused with the line that has it.
+/// The TOML CRI writes for runtime options (`BinaryName = "..."`, `SystemdCgroup = true`, ...),
+/// read with the `toml` crate (docs/dependencies.md). An unknown key or a value of the wrong type
+/// is refused by name.
 pub fn from_toml(text: &str) -> std::result::Result<ShimOptions, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
     let mut o = ShimOptions::default();
-    for (n, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let err = |m: &str| format!("line {}: {m}: {raw:?}", n + 1);
-        if line.starts_with('[') {
-            return Err(err("tables are not supported"));
-        }
-        let (key, value) = line.split_once('=').ok_or_else(|| err("expected Key = value"))?;
-        let key = key.trim().trim_matches('"');
-        let value = value.trim();
-        let string = || -> std::result::Result<String, String> {
-            let v = strip_comment(value);
-            if let Some(inner) = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-                Ok(inner.replace("\\\"", "\"").replace("\\\\", "\\"))
-            } else if let Some(inner) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-                Ok(inner.to_string())
-            } else {
-                Err(err("expected a quoted string"))
-            }
+    for (key, value) in &table {
+        let string = || value.as_str().map(str::to_string).ok_or_else(|| format!("{key}: expected a string, got {}", value.type_str()));
+        let boolean = || value.as_bool().ok_or_else(|| format!("{key}: expected true or false, got {}", value.type_str()));
+        let id = || {
+            value
+                .as_integer()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| format!("{key}: expected a whole number from 0 to {}, got {value:?}", u32::MAX))
         };
-        let boolean = || match strip_comment(value) {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(err("expected true or false")),
-        };
-        let int = || strip_comment(value).parse::<u32>().map_err(|_| err("expected a whole number"));
-        match key {
+        match key.as_str() {
             "BinaryName" => o.binary_name = string()?,
             "Root" => o.root = string()?,
             "SystemdCgroup" => o.systemd_cgroup = boolean()?,
             "NoPivotRoot" => o.no_pivot_root = boolean()?,
             "NoNewKeyring" => o.no_new_keyring = boolean()?,
-            "IoUid" => o.io_uid = int()?,
-            "IoGid" => o.io_gid = int()?,
+            "IoUid" => o.io_uid = id()?,
+            "IoGid" => o.io_gid = id()?,
             "ShimCgroup" => o.shim_cgroup = string()?,
             "CriuPath" => o.criu_path = string()?,
             "CriuImagePath" => o.criu_image_path = string()?,
             "CriuWorkPath" => o.criu_work_path = string()?,
             // Accepted and unused by a runc-style shim.
             "TypeUrl" | "TaskAPIAddress" | "TaskAPIVersion" => {}
-            other => return Err(err(&format!("unknown option {other:?}"))),
+            other => return Err(format!("unknown option {other:?}")),
         }
     }
     Ok(o)
 }
 
-fn strip_comment(v: &str) -> &str {
-    // A '#' outside quotes starts a comment.
-    let mut quote = None;
-    for (i, c) in v.char_indices() {
-        match (quote, c) {
-            (None, '"' | '\'') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
-            (None, '#') => return v[..i].trim_end(),
-            _ => {}
-        }
+/// toml's errors draw the line with a caret under it; an error message wants one line:
+/// "TOML parse error at line 1, column 17: <what>".
+fn one_line(e: &str) -> String {
+    let mut lines = e.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    match lines.next_back() {
+        Some(what) if !what.starts_with('|') && !what.starts_with('^') => format!("{first}: {what}"),
+        _ => first.to_string(),
     }
-    v
 }
 
 #[cfg(test)]
@@ -361,11 +340,29 @@ mod tests {
     }
 
     #[test]
-    fn toml_errors_name_the_line() {
+    fn toml_errors_name_what_is_wrong() {
         assert!(from_toml("Bogus = 1").unwrap_err().contains("Bogus"));
-        assert!(from_toml("SystemdCgroup = maybe").unwrap_err().contains("line 1"));
-        assert!(from_toml("[plugins]").unwrap_err().contains("tables"));
+        let e = from_toml("SystemdCgroup = maybe").unwrap_err();
+        assert!(e.contains("line 1") && !e.contains('\n'), "{e}");
+        let e = from_toml("SystemdCgroup = \"yes\"").unwrap_err();
+        assert!(e.contains("SystemdCgroup") && e.contains("string"), "{e}");
+        assert!(from_toml("IoUid = -1").unwrap_err().contains("IoUid"));
+        assert!(from_toml("IoUid = 4294967296").unwrap_err().contains("IoUid"));
+        assert!(from_toml("[plugins]\nx = 1").unwrap_err().contains("plugins"));
+        assert!(from_toml("BinaryName = \"a\"\nBinaryName = \"b\"").is_err());
+        assert_eq!(from_toml("").unwrap(), ShimOptions::default());
+    }
+
+    #[test]
+    fn toml_strings_comments_and_escapes() {
+        // what the hand-written reader got wrong: escapes, and comments after quoted strings
         assert_eq!(from_toml("BinaryName = \"a#b\" # c").unwrap().binary_name, "a#b");
+        assert_eq!(from_toml("BinaryName = \"/opt/x\\ty\" # \"quoted\"").unwrap().binary_name, "/opt/x\ty");
+        assert_eq!(from_toml("Root = \"/run/\\u00e9\"").unwrap().root, "/run/\u{e9}");
+        assert_eq!(from_toml("Root = '/run/lit\\n' # 'x'").unwrap().root, "/run/lit\\n");
+        assert_eq!(from_toml("\"BinaryName\" = \"crun\"").unwrap().binary_name, "crun");
+        let o = from_toml("IoUid = 1_000 # uid\nIoGid = 0x10\nTypeUrl = \"x\"").unwrap();
+        assert_eq!((o.io_uid, o.io_gid), (1000, 16));
     }
 
     #[test]
