@@ -107,7 +107,8 @@ pub fn group_id(bundle: &Path, id: &str) -> String {
     id.to_string()
 }
 
-fn socket_path(address: &str) -> &str {
+/// The filesystem path of a `unix://` address (containerd passes both forms).
+pub fn socket_path(address: &str) -> &str {
     address.strip_prefix("unix://").unwrap_or(address)
 }
 
@@ -164,7 +165,7 @@ impl StartInput {
         match self {
             StartInput::Legacy(a) => a.as_ref(),
             StartInput::Bootstrap(p) => p.extensions.iter().filter_map(|e| e.value.as_ref()).find(|a| {
-                let t = a.type_url.rsplit('/').next().unwrap_or_default();
+                let t = crate::protos::bare_type_url(&a.type_url);
                 t.ends_with("Options")
             }),
         }

@@ -4,13 +4,17 @@
 use std::path::Path;
 
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
-use containerd_shim_protos::protobuf::{Message, UnknownValueRef};
-use containerd_shim_protos::shim::oci::{CheckpointOptions, Options as RuncOptions};
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::oci::CheckpointOptions;
 use serde_json::json;
 
 use crate::bundle::{open_regular, write_atomic};
 use crate::error::{Error, Result};
+pub use crate::protos::bare_type_url;
+use crate::protos::runc_options::Options as RuncOptions;
+use crate::protos::runctypes::{CheckpointOptions as LegacyCheckpointOptions, CreateOptions as LegacyCreateOptions};
+use crate::protos::runtimeoptions::Options as RuntimeOptions;
+use crate::runtime::CriuOpts;
 
 pub const DEFAULT_BINARY: &str = "runc";
 pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
@@ -40,12 +44,6 @@ impl ShimOptions {
     }
 
     fn from_runc(o: &RuncOptions) -> Self {
-        // criu_path (field 8) is reserved in containerd 2.x's proto, so the generated type keeps it
-        // among the unknown fields.
-        let criu_path = match o.special_fields.unknown_fields().get(8) {
-            Some(UnknownValueRef::LengthDelimited(b)) => String::from_utf8_lossy(b).into_owned(),
-            _ => String::new(),
-        };
         ShimOptions {
             binary_name: o.binary_name.clone(),
             root: o.root.clone(),
@@ -55,7 +53,7 @@ impl ShimOptions {
             io_uid: o.io_uid,
             io_gid: o.io_gid,
             shim_cgroup: o.shim_cgroup.clone(),
-            criu_path,
+            criu_path: o.criu_path.clone(),
             criu_image_path: o.criu_image_path.clone(),
             criu_work_path: o.criu_work_path.clone(),
         }
@@ -112,56 +110,46 @@ fn read_regular_file(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// A type URL without the `type.googleapis.com/` style prefix some clients add.
-fn bare(type_url: &str) -> &str {
-    type_url.rsplit('/').next().unwrap_or(type_url)
-}
-
 /// Decode the options Any. Empty means defaults; an unknown type is refused by name.
 pub fn decode(any: Option<&Any>) -> Result<ShimOptions> {
     let Some(any) = any else { return Ok(ShimOptions::default()) };
     if any.type_url.is_empty() && any.value.is_empty() {
         return Ok(ShimOptions::default());
     }
-    match bare(&any.type_url) {
-        "containerd.runc.v1.Options" => RuncOptions::parse_from_bytes(&any.value)
-            .map(|o| ShimOptions::from_runc(&o))
-            .map_err(|e| Error::InvalidArgument(format!("bad containerd.runc.v1.Options: {e}"))),
+    match bare_type_url(&any.type_url) {
+        "containerd.runc.v1.Options" => parse::<RuncOptions>(&any.value, "containerd.runc.v1.Options")
+            .map(|o| ShimOptions::from_runc(&o)),
         // What containerd's CRI sends for a runtime_type other than io.containerd.runc.*.
         "runtimeoptions.v1.Options" => decode_runtimeoptions(&any.value),
         // What containerd 1.6's client sends for runtime names outside io.containerd.runc.*.
-        "containerd.linux.runc.CreateOptions" => decode_legacy_create_options(&any.value),
+        "containerd.linux.runc.CreateOptions" => {
+            parse::<LegacyCreateOptions>(&any.value, "containerd.linux.runc.CreateOptions").map(|o| ShimOptions {
+                no_pivot_root: o.no_pivot_root,
+                no_new_keyring: o.no_new_keyring,
+                shim_cgroup: o.shim_cgroup,
+                io_uid: o.io_uid,
+                io_gid: o.io_gid,
+                criu_work_path: o.criu_work_path,
+                criu_image_path: o.criu_image_path,
+                ..Default::default()
+            })
+        }
         other => Err(Error::InvalidArgument(format!("unsupported runtime options type {other:?}"))),
     }
 }
 
-/// The fields of a message we have no generated type for, by number (parsed as an Empty
-/// message, every field is unknown).
-fn fields(value: &[u8], what: &str) -> Result<Empty> {
-    Empty::parse_from_bytes(value).map_err(|e| Error::InvalidArgument(format!("bad {what}: {e}")))
+fn parse<M: Message>(value: &[u8], what: &str) -> Result<M> {
+    M::parse_from_bytes(value).map_err(|e| Error::InvalidArgument(format!("bad {what}: {e}")))
 }
 
-fn field_str(m: &Empty, n: u32) -> String {
-    match m.special_fields.unknown_fields().get(n) {
-        Some(UnknownValueRef::LengthDelimited(b)) => String::from_utf8_lossy(b).into_owned(),
-        _ => String::new(),
-    }
-}
-
-fn field_u64(m: &Empty, n: u32) -> u64 {
-    match m.special_fields.unknown_fields().get(n) {
-        Some(UnknownValueRef::Varint(v)) => v,
-        _ => 0,
-    }
-}
-
-/// `runtimeoptions.v1.Options{type_url=1, config_path=2, config_body=3}`: a TOML document of
-/// runc option names (BinaryName, SystemdCgroup, ...), inline (1.7+) or in a file.
+/// `runtimeoptions.v1.Options`: a TOML document of runc option names (BinaryName,
+/// SystemdCgroup, ...), inline (ConfigBody, 1.7+) or in a file (ConfigPath).
 fn decode_runtimeoptions(value: &[u8]) -> Result<ShimOptions> {
-    let m = fields(value, "runtimeoptions.v1.Options")?;
-    let (path, body) = (field_str(&m, 2), field_str(&m, 3));
-    let text = if !body.is_empty() {
-        body
+    let m = parse::<RuntimeOptions>(value, "runtimeoptions.v1.Options")?;
+    let path = m.config_path;
+    let text = if !m.config_body.is_empty() {
+        String::from_utf8(m.config_body)
+            .map_err(|_| Error::InvalidArgument("runtime options ConfigBody is not UTF-8".into()))?
     } else if !path.is_empty() {
         read_regular_file(Path::new(&path))
             .map_err(|e| Error::InvalidArgument(format!("runtime options ConfigPath {path:?}: {e}")))?
@@ -174,128 +162,100 @@ fn decode_runtimeoptions(value: &[u8]) -> Result<ShimOptions> {
     })
 }
 
-/// `containerd.linux.runc.CreateOptions` (runtime v1's type; the Go shim refuses it).
-fn decode_legacy_create_options(value: &[u8]) -> Result<ShimOptions> {
-    let m = fields(value, "containerd.linux.runc.CreateOptions")?;
-    Ok(ShimOptions {
-        no_pivot_root: field_u64(&m, 1) != 0,
-        no_new_keyring: field_u64(&m, 8) != 0,
-        shim_cgroup: field_str(&m, 9),
-        io_uid: field_u64(&m, 10) as u32,
-        io_gid: field_u64(&m, 11) as u32,
-        criu_work_path: field_str(&m, 12),
-        criu_image_path: field_str(&m, 13),
-        ..Default::default()
-    })
+/// What a Checkpoint request's options ask of CRIU, and whether the task exits after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointRequest {
+    pub criu: CriuOpts,
+    pub exit: bool,
 }
 
-/// Decode Checkpoint's options Any: runc v2's `containerd.runc.v1.CheckpointOptions`, or the
-/// legacy type containerd 1.6's client sends to a runtime whose name does not start with
-/// io.containerd.runc. Empty means defaults; any other type is refused by name.
-pub fn decode_checkpoint(any: Option<&Any>) -> Result<CheckpointOptions> {
-    let Some(any) = any.filter(|a| !a.type_url.is_empty() || !a.value.is_empty()) else {
-        return Ok(CheckpointOptions::new());
-    };
-    match bare(&any.type_url) {
-        "containerd.runc.v1.CheckpointOptions" => CheckpointOptions::parse_from_bytes(&any.value)
-            .map_err(|e| Error::InvalidArgument(format!("checkpoint: bad containerd.runc.v1.CheckpointOptions: {e}"))),
-        "containerd.linux.runc.CheckpointOptions" => decode_legacy_checkpoint_options(&any.value),
-        other => Err(Error::InvalidArgument(format!("checkpoint: unsupported options type {other:?}"))),
-    }
-}
-
-/// LEGACY DECODER, to be replaced by the generated type once protos/ carries it (branch
-/// `protos`): `containerd.linux.runc.CheckpointOptions` from containerd's
-/// runtime/linux/runctypes/runc.proto. Same fields as the runc v1 type except that
-/// work_path (8) and image_path (9) are swapped.
-fn decode_legacy_checkpoint_options(value: &[u8]) -> Result<CheckpointOptions> {
-    let what = "containerd.linux.runc.CheckpointOptions";
-    let m = fields(value, what)?;
-    let mut empty_namespaces = Vec::new();
-    for f in m.special_fields.unknown_fields().iter().filter(|(n, _)| *n == 6) {
-        match f.1 {
-            UnknownValueRef::LengthDelimited(b) => empty_namespaces.push(String::from_utf8_lossy(b).into_owned()),
-            _ => return Err(Error::InvalidArgument(format!("bad {what}: empty_namespaces is not a string"))),
-        }
-    }
-    let mut o = CheckpointOptions::new();
-    o.exit = field_u64(&m, 1) != 0;
-    o.open_tcp = field_u64(&m, 2) != 0;
-    o.external_unix_sockets = field_u64(&m, 3) != 0;
-    o.terminal = field_u64(&m, 4) != 0;
-    o.file_locks = field_u64(&m, 5) != 0;
-    o.empty_namespaces = empty_namespaces;
-    o.cgroups_mode = field_str(&m, 7);
-    o.work_path = field_str(&m, 8);
-    o.image_path = field_str(&m, 9);
-    Ok(o)
-}
-
-/// The flat TOML CRI writes for runtime options: `Key = value` lines with strings, booleans and
-/// integers. A small reader instead of a TOML crate keeps the binary small; anything outside
-/// this subset is refused with the line that has it.
-pub fn from_toml(text: &str) -> std::result::Result<ShimOptions, String> {
-    let mut o = ShimOptions::default();
-    for (n, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let err = |m: &str| format!("line {}: {m}: {raw:?}", n + 1);
-        if line.starts_with('[') {
-            return Err(err("tables are not supported"));
-        }
-        let (key, value) = line.split_once('=').ok_or_else(|| err("expected Key = value"))?;
-        let key = key.trim().trim_matches('"');
-        let value = value.trim();
-        let string = || -> std::result::Result<String, String> {
-            let v = strip_comment(value);
-            if let Some(inner) = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-                Ok(inner.replace("\\\"", "\"").replace("\\\\", "\\"))
-            } else if let Some(inner) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-                Ok(inner.to_string())
-            } else {
-                Err(err("expected a quoted string"))
+/// Decode a Checkpoint request's options: `containerd.runc.v1.CheckpointOptions` (1.7+), or the
+/// legacy `containerd.linux.runc.CheckpointOptions` that containerd 1.6's client sends (note
+/// its image and work paths are numbered the other way round; the generated types hide that).
+/// Empty means defaults. The options' image path wins over `path`, the request's own:
+/// containerd 1.6 fills `path` with a temporary directory of its own when it cannot read the
+/// options (a runtime not named io.containerd.runc.*), while the options carry the client's.
+pub fn decode_checkpoint(any: Option<&Any>, path: &str) -> Result<CheckpointRequest> {
+    let any = any.filter(|a| !a.type_url.is_empty() || !a.value.is_empty());
+    let mut req = match any.map(|a| (bare_type_url(&a.type_url), &a.value)) {
+        None => CheckpointRequest::default(),
+        Some(("containerd.runc.v1.CheckpointOptions", v)) => {
+            let o = parse::<CheckpointOptions>(v, "containerd.runc.v1.CheckpointOptions")?;
+            CheckpointRequest {
+                criu: CriuOpts {
+                    image_path: o.image_path.into(),
+                    work_path: o.work_path.into(),
+                    parent_path: None,
+                    open_tcp: o.open_tcp,
+                    external_unix_sockets: o.external_unix_sockets,
+                    shell_job: o.terminal,
+                    file_locks: o.file_locks,
+                    empty_namespaces: o.empty_namespaces,
+                    cgroups_mode: o.cgroups_mode,
+                },
+                exit: o.exit,
             }
+        }
+        Some(("containerd.linux.runc.CheckpointOptions", v)) => {
+            let o = parse::<LegacyCheckpointOptions>(v, "containerd.linux.runc.CheckpointOptions")?;
+            CheckpointRequest {
+                criu: CriuOpts {
+                    image_path: o.image_path.into(),
+                    work_path: o.work_path.into(),
+                    parent_path: None,
+                    open_tcp: o.open_tcp,
+                    external_unix_sockets: o.external_unix_sockets,
+                    shell_job: o.terminal,
+                    file_locks: o.file_locks,
+                    empty_namespaces: o.empty_namespaces,
+                    cgroups_mode: o.cgroups_mode,
+                },
+                exit: o.exit,
+            }
+        }
+        Some((other, _)) => {
+            return Err(Error::InvalidArgument(format!("checkpoint: unsupported options type {other:?}")))
+        }
+    };
+    if req.criu.image_path.as_os_str().is_empty() {
+        req.criu.image_path = path.into();
+    }
+    Ok(req)
+}
+
+/// The TOML CRI writes for runtime options (`BinaryName = "..."`, `SystemdCgroup = true`, ...),
+/// read with the `basic-toml` crate (docs/dependencies.md) into a JSON map, which serde_json
+/// already gives the shim. An unknown key or a value of the wrong type is refused by name.
+pub fn from_toml(text: &str) -> std::result::Result<ShimOptions, String> {
+    let table: serde_json::Map<String, serde_json::Value> = basic_toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut o = ShimOptions::default();
+    for (key, value) in &table {
+        let string = || value.as_str().map(str::to_string).ok_or_else(|| format!("{key}: expected a string, got {value}"));
+        let boolean = || value.as_bool().ok_or_else(|| format!("{key}: expected true or false, got {value}"));
+        let id = || {
+            value
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| format!("{key}: expected a whole number from 0 to {}, got {value}", u32::MAX))
         };
-        let boolean = || match strip_comment(value) {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(err("expected true or false")),
-        };
-        let int = || strip_comment(value).parse::<u32>().map_err(|_| err("expected a whole number"));
-        match key {
+        match key.as_str() {
             "BinaryName" => o.binary_name = string()?,
             "Root" => o.root = string()?,
             "SystemdCgroup" => o.systemd_cgroup = boolean()?,
             "NoPivotRoot" => o.no_pivot_root = boolean()?,
             "NoNewKeyring" => o.no_new_keyring = boolean()?,
-            "IoUid" => o.io_uid = int()?,
-            "IoGid" => o.io_gid = int()?,
+            "IoUid" => o.io_uid = id()?,
+            "IoGid" => o.io_gid = id()?,
             "ShimCgroup" => o.shim_cgroup = string()?,
             "CriuPath" => o.criu_path = string()?,
             "CriuImagePath" => o.criu_image_path = string()?,
             "CriuWorkPath" => o.criu_work_path = string()?,
             // Accepted and unused by a runc-style shim.
             "TypeUrl" | "TaskAPIAddress" | "TaskAPIVersion" => {}
-            other => return Err(err(&format!("unknown option {other:?}"))),
+            other => return Err(format!("unknown option {other:?}")),
         }
     }
     Ok(o)
-}
-
-fn strip_comment(v: &str) -> &str {
-    // A '#' outside quotes starts a comment.
-    let mut quote = None;
-    for (i, c) in v.char_indices() {
-        match (quote, c) {
-            (None, '"' | '\'') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
-            (None, '#') => return v[..i].trim_end(),
-            _ => {}
-        }
-    }
-    v
 }
 
 #[cfg(test)]
@@ -304,7 +264,7 @@ mod tests {
 
     #[test]
     fn decodes_runc_options_with_and_without_prefix() {
-        let mut o = RuncOptions::new();
+        let mut o = containerd_shim_protos::shim::oci::Options::new();
         o.binary_name = "/usr/bin/crun".into();
         o.systemd_cgroup = true;
         for url in ["containerd.runc.v1.Options", "type.googleapis.com/containerd.runc.v1.Options"] {
@@ -340,19 +300,11 @@ mod tests {
         a
     }
 
-    /// Protobuf wire bytes: (field, string) and (field, varint) pairs.
-    fn wire(strings: &[(u32, &str)], ints: &[(u32, u64)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (n, s) in strings {
-            out.push((n << 3 | 2) as u8);
-            out.push(s.len() as u8);
-            out.extend_from_slice(s.as_bytes());
-        }
-        for (n, v) in ints {
-            out.push((n << 3) as u8);
-            out.push(*v as u8);
-        }
-        out
+    fn runtimeoptions(path: &str, body: &str) -> Any {
+        let mut o = RuntimeOptions::new();
+        o.config_path = path.into();
+        o.config_body = body.as_bytes().to_vec();
+        any("runtimeoptions.v1.Options", o.write_to_bytes().unwrap())
     }
 
     #[test]
@@ -361,66 +313,103 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("runc.toml");
         std::fs::write(&path, "# CRI options\nBinaryName = \"/usr/local/bin/youki\"\nSystemdCgroup = true # yes\nIoUid = 1000\nRoot = '/run/youki'\n").unwrap();
-        let d = decode(Some(&any("runtimeoptions.v1.Options", wire(&[(2, path.to_str().unwrap())], &[])))).unwrap();
+        let d = decode(Some(&runtimeoptions(path.to_str().unwrap(), ""))).unwrap();
         assert_eq!(d.binary(), "/usr/local/bin/youki");
         assert!(d.systemd_cgroup);
         assert_eq!(d.io_uid, 1000);
         assert_eq!(d.root(), "/run/youki");
-        let d = decode(Some(&any("runtimeoptions.v1.Options", wire(&[(3, "NoPivotRoot = true")], &[])))).unwrap();
+        let d = decode(Some(&runtimeoptions("", "NoPivotRoot = true"))).unwrap();
         assert!(d.no_pivot_root);
-        let missing = decode(Some(&any("runtimeoptions.v1.Options", wire(&[(2, "/nonexistent/x.toml")], &[]))));
+        let missing = decode(Some(&runtimeoptions("/nonexistent/x.toml", "")));
         assert!(missing.unwrap_err().to_string().contains("/nonexistent/x.toml"));
         // a FIFO where the TOML should be is refused at once instead of blocking the shim
         let fifo = dir.join("fifo.toml");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let e = decode(Some(&any("runtimeoptions.v1.Options", wire(&[(2, fifo.to_str().unwrap())], &[])))).unwrap_err();
+        let e = decode(Some(&runtimeoptions(fifo.to_str().unwrap(), ""))).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn toml_errors_name_the_line() {
+    fn toml_errors_name_what_is_wrong() {
         assert!(from_toml("Bogus = 1").unwrap_err().contains("Bogus"));
-        assert!(from_toml("SystemdCgroup = maybe").unwrap_err().contains("line 1"));
-        assert!(from_toml("[plugins]").unwrap_err().contains("tables"));
+        let e = from_toml("SystemdCgroup = maybe").unwrap_err();
+        assert!(e.contains("line 1") && !e.contains('\n'), "{e}");
+        let e = from_toml("SystemdCgroup = \"yes\"").unwrap_err();
+        assert!(e.contains("SystemdCgroup") && e.contains("\"yes\""), "{e}");
+        assert!(from_toml("IoUid = -1").unwrap_err().contains("IoUid"));
+        assert!(from_toml("IoUid = 4294967296").unwrap_err().contains("IoUid"));
+        assert!(from_toml("[plugins]\nx = 1").unwrap_err().contains("plugins"));
+        assert!(from_toml("BinaryName = \"a\"\nBinaryName = \"b\"").is_err());
+        assert_eq!(from_toml("").unwrap(), ShimOptions::default());
+    }
+
+    #[test]
+    fn toml_strings_comments_and_escapes() {
+        // what the hand-written reader got wrong: escapes, and comments after quoted strings
         assert_eq!(from_toml("BinaryName = \"a#b\" # c").unwrap().binary_name, "a#b");
+        assert_eq!(from_toml("BinaryName = \"/opt/x\\ty\" # \"quoted\"").unwrap().binary_name, "/opt/x\ty");
+        assert_eq!(from_toml("Root = \"/run/\\u00e9\"").unwrap().root, "/run/\u{e9}");
+        assert_eq!(from_toml("Root = '/run/lit\\n' # 'x'").unwrap().root, "/run/lit\\n");
+        assert_eq!(from_toml("\"BinaryName\" = \"crun\"").unwrap().binary_name, "crun");
+        let o = from_toml("IoUid = 1_000 # uid\nIoGid = 0x10\nTypeUrl = \"x\"").unwrap();
+        assert_eq!((o.io_uid, o.io_gid), (1000, 16));
     }
 
     #[test]
     fn legacy_create_options_and_criu_path() {
-        let d = decode(Some(&any(
-            "containerd.linux.runc.CreateOptions",
-            wire(&[(9, "/shims"), (13, "/img")], &[(1, 1), (8, 1), (10, 7), (11, 8)]),
-        )))
-        .unwrap();
+        let mut o = LegacyCreateOptions::new();
+        (o.no_pivot_root, o.no_new_keyring, o.io_uid, o.io_gid) = (true, true, 7, 8);
+        (o.shim_cgroup, o.criu_image_path) = ("/shims".into(), "/img".into());
+        let d = decode(Some(&any("containerd.linux.runc.CreateOptions", o.write_to_bytes().unwrap()))).unwrap();
         assert!(d.no_pivot_root && d.no_new_keyring);
         assert_eq!((d.shim_cgroup.as_str(), d.io_uid, d.io_gid), ("/shims", 7, 8));
         assert_eq!(d.criu_image_path, "/img");
-        // runc Options with the reserved criu_path field 8
-        let d = decode(Some(&any("containerd.runc.v1.Options", wire(&[(8, "/usr/sbin/criu"), (6, "crun")], &[])))).unwrap();
+        // criu_path is reserved in containerd 2.x's proto; 1.6/1.7 clients still send it
+        let mut o = RuncOptions::new();
+        (o.criu_path, o.binary_name) = ("/usr/sbin/criu".into(), "crun".into());
+        let d = decode(Some(&any("containerd.runc.v1.Options", o.write_to_bytes().unwrap()))).unwrap();
         assert_eq!((d.criu_path.as_str(), d.binary()), ("/usr/sbin/criu", "crun"));
+        // the vendored runc Options and the crate's are the same message on the wire
+        let theirs = containerd_shim_protos::shim::oci::Options::parse_from_bytes(&o.write_to_bytes().unwrap()).unwrap();
+        assert_eq!(theirs.binary_name, "crun");
+        let mut bad = any("containerd.linux.runc.CreateOptions", vec![0xff, 0xff]);
+        assert!(decode(Some(&bad)).unwrap_err().to_string().contains("containerd.linux.runc.CreateOptions"));
+        bad.type_url = "runtimeoptions.v1.Options".into();
+        assert!(decode(Some(&bad)).unwrap_err().to_string().contains("runtimeoptions.v1.Options"));
     }
 
     #[test]
-    fn checkpoint_options_runc_and_legacy() {
-        assert_eq!(decode_checkpoint(None).unwrap(), CheckpointOptions::new());
+    fn checkpoint_options_current_and_legacy() {
+        assert_eq!(decode_checkpoint(None, "").unwrap(), CheckpointRequest::default());
+        assert_eq!(decode_checkpoint(Some(&Any::new()), "/req").unwrap().criu.image_path, Path::new("/req"));
+
         let mut o = CheckpointOptions::new();
-        o.exit = true;
-        o.image_path = "/img".into();
-        o.work_path = "/work".into();
-        let d = decode_checkpoint(Some(&any("containerd.runc.v1.CheckpointOptions", o.write_to_bytes().unwrap()))).unwrap();
-        assert_eq!(d, o);
-        // legacy: work_path is field 8, image_path field 9
-        let v = wire(&[(8, "/work"), (9, "/img"), (6, "network"), (6, "uts"), (7, "soft")], &[(1, 1), (2, 1), (5, 1)]);
-        let d = decode_checkpoint(Some(&any("containerd.linux.runc.CheckpointOptions", v))).unwrap();
-        assert!(d.exit && d.open_tcp && d.file_locks && !d.terminal && !d.external_unix_sockets);
-        assert_eq!((d.image_path.as_str(), d.work_path.as_str()), ("/img", "/work"));
-        assert_eq!(d.empty_namespaces, ["network", "uts"]);
-        assert_eq!(d.cgroups_mode, "soft");
-        let e = decode_checkpoint(Some(&any("containerd.runc.v1.Options", vec![]))).unwrap_err();
-        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("containerd.runc.v1.Options")), "{e}");
-        let e = decode_checkpoint(Some(&any("containerd.linux.runc.CheckpointOptions", vec![0xff]))).unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument(_)));
+        (o.exit, o.open_tcp, o.terminal, o.image_path, o.work_path) = (true, true, true, "/img".into(), "/work".into());
+        o.empty_namespaces = vec!["network".into()];
+        let d = decode_checkpoint(Some(&any("containerd.runc.v1.CheckpointOptions", o.write_to_bytes().unwrap())), "").unwrap();
+        assert!(d.exit && d.criu.open_tcp && d.criu.shell_job && !d.criu.file_locks);
+        assert_eq!((d.criu.image_path.to_str(), d.criu.work_path.to_str()), (Some("/img"), Some("/work")));
+        assert_eq!(d.criu.empty_namespaces, ["network"]);
+
+        // containerd 1.6's client: image_path and work_path are numbered the other way round
+        let mut o = LegacyCheckpointOptions::new();
+        (o.file_locks, o.external_unix_sockets, o.cgroups_mode) = (true, true, "soft".into());
+        (o.image_path, o.work_path) = ("/img".into(), "/work".into());
+        let bytes = o.write_to_bytes().unwrap();
+        let url = "type.googleapis.com/containerd.linux.runc.CheckpointOptions";
+        let d = decode_checkpoint(Some(&any(url, bytes.clone())), "").unwrap();
+        assert!(!d.exit && d.criu.file_locks && d.criu.external_unix_sockets && !d.criu.open_tcp);
+        assert_eq!((d.criu.image_path.to_str(), d.criu.work_path.to_str()), (Some("/img"), Some("/work")));
+        assert_eq!(d.criu.cgroups_mode, "soft");
+        // the options' path is the client's; 1.6 puts a temporary dir of its own in `path`
+        let d = decode_checkpoint(Some(&any(url, bytes)), "/containerd-tmp").unwrap();
+        assert_eq!(d.criu.image_path, Path::new("/img"));
+
+        let e = decode_checkpoint(Some(&any("example.Bogus", vec![])), "").unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("example.Bogus")), "{e}");
+        let e = decode_checkpoint(Some(&any("containerd.linux.runc.CheckpointOptions", vec![0xff])), "").unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("containerd.linux.runc.CheckpointOptions")), "{e}");
     }
 
     #[test]

@@ -492,9 +492,7 @@ pub fn criu_log_errors(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::from)
-}
+use crate::stdio::pipe;
 
 async fn read_all(fd: OwnedFd) -> Result<Vec<u8>> {
     let mut r = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)

@@ -91,7 +91,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     // close. The socket goes before the events are flushed, so nobody dials a shim that is done.
     tokio::task::yield_now().await;
     if let Some(path) = &cfg.socket_path {
-        let _ = std::fs::remove_file(path.strip_prefix("unix://").unwrap_or(path));
+        let _ = std::fs::remove_file(crate::bootstrap::socket_path(path));
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), server.shutdown()).await;
     let window = crate::events::flush_window();

@@ -18,7 +18,6 @@ use crate::error::{Error, Result};
 use crate::events::timestamp;
 use crate::options;
 use crate::process::State;
-use crate::runtime::CriuOpts;
 use crate::stdio::StdioPaths;
 use crate::supervisor::{CreateRequest, Supervisor};
 
@@ -72,9 +71,7 @@ fn status_of(state: State, container_paused: bool) -> Status {
     }
 }
 
-fn bare_type(url: &str) -> &str {
-    url.rsplit('/').next().unwrap_or(url)
-}
+use crate::protos::bare_type_url as bare_type;
 
 type R<T> = ttrpc::Result<T>;
 
@@ -262,23 +259,8 @@ impl Task for TaskService {
         let rpc = self.rpc("Checkpoint", &req.id, "");
         rpc.finish(async {
             check(&req.id, "")?;
-            let o = options::decode_checkpoint(req.options.as_ref())?;
-            // The options' image path is the client's own; containerd 1.6 fills `path` with a
-            // temporary dir of its own when it cannot read the options (a runtime not named
-            // io.containerd.runc.*), so the options win.
-            let image = if o.image_path.is_empty() { req.path.clone() } else { o.image_path.clone() };
-            let criu = CriuOpts {
-                image_path: image.into(),
-                work_path: o.work_path.clone().into(),
-                parent_path: None,
-                open_tcp: o.open_tcp,
-                external_unix_sockets: o.external_unix_sockets,
-                shell_job: o.terminal,
-                file_locks: o.file_locks,
-                empty_namespaces: o.empty_namespaces.clone(),
-                cgroups_mode: o.cgroups_mode.clone(),
-            };
-            self.sup.checkpoint(call_of(ctx), &req.id, criu, o.exit).await?;
+            let r = options::decode_checkpoint(req.options.as_ref(), &req.path)?;
+            self.sup.checkpoint(call_of(ctx), &req.id, r.criu, r.exit).await?;
             Ok(Empty::new())
         }
         .await)

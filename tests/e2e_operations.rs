@@ -7,7 +7,6 @@
 mod common;
 
 use std::fs;
-use std::io::Write as _;
 use std::time::Duration;
 
 use common::*;
@@ -24,7 +23,7 @@ fn only_rustshim(test: &str) -> bool {
         return true;
     }
     if prerequisites().is_ok() {
-        let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: rustshim's own log lines, dump and self-exit");
+        print_skip(test, "rustshim's own log lines, dump and self-exit");
     }
     false
 }

@@ -63,7 +63,7 @@ fn write_exec(path: &Path, text: &str) {
 /// Prints a skip that is part of the test's documented behaviour (not the
 /// prerequisite policy of RUSTSHIM_ALLOW_SKIP) straight to fd 2.
 fn documented_skip(test: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
+    common::print_skip(test, reason);
 }
 
 /// Pid of the first /tasks/exec-started of `exec_id` in container `cid`.

@@ -8,9 +8,8 @@
 //! - the shim's own parsers of runtime options (the `start` stdin Any and
 //!   Create's options, CRI's runtimeoptions TOML) and of its argv.
 //!
-//! The shim is a binary crate, so its parsers are compiled in from src/ with
-//! `#[path]` (no copies): src/options.rs (+ src/error.rs it needs) and
-//! src/cli.rs. The first input byte picks what to fuzz.
+//! The shim's parsers come from its library (rustshim::options, rustshim::cli).
+//! The first input byte picks what to fuzz.
 #![no_main]
 #![allow(dead_code, unused_imports)]
 
@@ -21,12 +20,7 @@ use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::oci::{CheckpointOptions, Options as RuncOptions};
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/cli.rs"]
-mod cli;
-#[path = "../../src/error.rs"]
-mod error;
-#[path = "../../src/options.rs"]
-mod options;
+use rustshim::{cli, options};
 
 /// decode; if it decodes, encode and decode again: same message.
 fn roundtrip<M: Message + PartialEq + std::fmt::Debug>(data: &[u8]) -> Option<M> {

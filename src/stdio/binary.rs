@@ -26,47 +26,55 @@ pub struct BinaryUri {
     pub args: Vec<(String, String)>,
 }
 
-fn percent_decode(s: &str) -> Result<String> {
+/// Go's url.Parse refuses a `%` not followed by two hex digits; the `url` crate keeps it as text.
+fn check_escapes(s: &str, what: &str) -> Result<()> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
-                let Some(v) = hex else {
-                    return Err(Error::InvalidArgument(format!("bad percent escape in {s:?}")));
-                };
-                out.push(v);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
+    for (i, _) in b.iter().enumerate().filter(|(_, c)| **c == b'%') {
+        if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
+            return Err(Error::InvalidArgument(format!("binary logger {what} {s:?}: bad percent escape")));
         }
     }
-    String::from_utf8(out).map_err(|_| Error::InvalidArgument(format!("{s:?} is not UTF-8")))
+    Ok(())
 }
 
 impl BinaryUri {
-    /// `rest` is what follows `binary://`: an absolute path, then an optional query.
+    /// `rest` is what follows `binary://`: an absolute path, then an optional query. Parsed as
+    /// the Go shim does (url.Parse, then Path and Query()): the path is percent-decoded with `+`
+    /// kept, query keys and values also turn `+` into a space, a repeated key passes its first
+    /// value only, and a `#fragment` is not part of either. Unlike Go (which drops them silently)
+    /// bad escapes and `;` in the query are refused, as is a host (`binary://host/path`, where Go
+    /// would run /path). percent-encoding and form_urlencoded rather than the url crate: see
+    /// docs/dependencies.md.
     pub fn parse(rest: &str) -> Result<BinaryUri> {
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let path = percent_decode(path)?;
-        if !path.starts_with('/') {
-            return Err(Error::InvalidArgument(format!(
-                "binary logger path {path:?} must be absolute (binary:///path)"
-            )));
+        let bad = |m: String| Error::InvalidArgument(format!("binary logger URI \"binary://{rest}\": {m}"));
+        let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
+        let (raw_path, query) = rest.split_once('?').map_or((rest, None), |(p, q)| (p, Some(q)));
+        if !raw_path.starts_with('/') {
+            let host = raw_path.split('/').next().unwrap_or_default();
+            return Err(bad(match host.is_empty() {
+                true => "no program path (binary:///path)".into(),
+                false => format!("has host {host:?}: the program's path must be absolute (binary:///path)"),
+            }));
         }
-        let mut args = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            args.push((percent_decode(k)?, percent_decode(v)?));
+        check_escapes(raw_path, "path")?;
+        let path = percent_encoding::percent_decode_str(raw_path)
+            .decode_utf8()
+            .map_err(|_| bad("path is not UTF-8".into()))?
+            .into_owned();
+        if path.len() < 2 {
+            return Err(bad("no program path (binary:///path)".into()));
+        }
+        let mut args: Vec<(String, String)> = Vec::new();
+        if let Some(query) = query {
+            check_escapes(query, "query")?;
+            if query.contains(';') {
+                return Err(bad("';' in the query: separate parameters with '&'".into()));
+            }
+            for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                if !args.iter().any(|(have, _)| *have == k) {
+                    args.push((k.into_owned(), v.into_owned()));
+                }
+            }
         }
         Ok(BinaryUri { path: PathBuf::from(path), args })
     }
@@ -88,7 +96,7 @@ impl Logger {
         namespace: &str,
         reaper: &Reaper,
     ) -> Result<Logger> {
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (ready_r, ready_w) = super::pipe()?;
         let null = || std::fs::File::open("/dev/null").map(OwnedFd::from);
         let fd3 = match stdout_r {
             Some(fd) => fd,
@@ -191,5 +199,24 @@ mod tests {
         );
         assert!(BinaryUri::parse("relative?x=1").is_err());
         assert!(BinaryUri::parse("/p?x=%zz").is_err());
+    }
+
+    /// What Go's url.Parse + Path + Query() make of the same URIs.
+    #[test]
+    fn go_url_semantics() {
+        // a '+' in the path stays a '+'; in the query it is a space, %2B a '+'
+        let u = BinaryUri::parse("/opt/c++/log+ger?msg=a+b&plus=%2B&sp=%20").unwrap();
+        assert_eq!(u.path, PathBuf::from("/opt/c++/log+ger"));
+        assert_eq!(u.args, [("msg".into(), "a b".into()), ("plus".into(), "+".into()), ("sp".into(), " ".into())]);
+        // a repeated key passes its first value only; a fragment is not part of the path
+        let u = BinaryUri::parse("/l?k=1&k=2&j#frag").unwrap();
+        assert_eq!(u.path, PathBuf::from("/l"));
+        assert_eq!(u.args, [("k".into(), "1".into()), ("j".into(), String::new())]);
+        assert_eq!(BinaryUri::parse("/a%2Fb").unwrap().path, PathBuf::from("/a/b"));
+        assert_eq!(BinaryUri::parse("/caf%C3%A9").unwrap().path, PathBuf::from("/caf\u{e9}"));
+        for bad in ["/p%zz", "/p%4", "/p?a=1;b=2", "host/p", "", "/", "/%ff"] {
+            let e = BinaryUri::parse(bad).unwrap_err();
+            assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("binary")), "{bad:?}: {e}");
+        }
     }
 }

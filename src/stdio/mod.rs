@@ -167,7 +167,8 @@ impl Sink {
     }
 }
 
-fn os_pipe() -> Result<(OwnedFd, OwnedFd)> {
+/// A close-on-exec pipe: children get only the ends handed to them explicitly.
+pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::from)
 }
 
@@ -224,13 +225,13 @@ impl PendingIo {
         if paths.terminal {
             io.console_socket = Some(ConsoleSocket::new()?);
             if binary.is_some() {
-                let (r, w) = os_pipe()?;
+                let (r, w) = pipe()?;
                 io.stdout = Some(Sink::Pipe(pipe::Sender::from_owned_fd(w).map_err(tokio_err("logger pipe"))?));
                 logger_fds.0 = Some(r);
             }
         } else {
             if io.stdin.is_some() {
-                let (r, w) = os_pipe()?;
+                let (r, w) = pipe()?;
                 io.runtime_stdio.stdin = Some(r);
                 io.pipes.0 = Some(pipe::Sender::from_owned_fd(w).map_err(tokio_err("stdin pipe"))?);
             }
@@ -238,7 +239,7 @@ impl PendingIo {
                 if *target == Target::None {
                     continue;
                 }
-                let (r, w) = os_pipe()?;
+                let (r, w) = pipe()?;
                 let ours = if i == 0 { &mut io.runtime_stdio.stdout } else { &mut io.runtime_stdio.stderr };
                 *ours = Some(w);
                 if let Target::Binary(_) = target {

@@ -81,9 +81,7 @@ fn allow_skip() -> bool {
 /// printing `SKIPPED: ...` when RUSTSHIM_ALLOW_SKIP=1, panics otherwise.
 pub fn skip_or_fail(test: &str, reason: &str) -> bool {
     if allow_skip() {
-        // straight to fd 2: the test harness captures print!/eprint! output
-        // of passing tests, and a skip must stay visible
-        let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
+        print_skip(test, reason);
         false
     } else {
         panic!(
@@ -91,6 +89,16 @@ pub fn skip_or_fail(test: &str, reason: &str) -> bool {
              (run scripts/setup.sh or scripts/test.sh as root; set RUSTSHIM_ALLOW_SKIP=1 to skip instead of failing)"
         );
     }
+}
+
+/// Prints `SKIPPED: <test>: <reason>` on its own line, straight to fd 2 (libtest captures
+/// print!/eprint! of passing tests, and a skip must stay visible). `<test>` is libtest's name of
+/// the running test (its thread's name) when there is one, so scripts/matrix.sh can match the
+/// line to `test <name> ... ok` and report `skip`; `test` is the fallback.
+pub fn print_skip(test: &str, reason: &str) {
+    let current = std::thread::current();
+    let name = current.name().filter(|n| *n != "main").unwrap_or(test);
+    let _ = writeln!(std::io::stderr(), "\nSKIPPED: {name}: {reason}");
 }
 
 /// `containerd` / `ctr` to use: `$RUSTSHIM_CONTAINERD_DIR/<name>` when that
@@ -335,8 +343,14 @@ pub fn tail(s: &str, lines: usize) -> String {
 // the test image
 // ---------------------------------------------------------------------------
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The repository's top directory (the one with scripts/), also from tests/cri-e2e.
+pub fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|d| d.join("scripts/make-image.sh").is_file())
+        .unwrap_or(manifest)
+        .to_path_buf()
 }
 
 /// Builds the busybox OCI archive once per test process and returns its path.
@@ -1097,32 +1111,12 @@ pub fn shim_processes(sock: &Path) -> Vec<(u32, Vec<String>)> {
     v
 }
 
-fn unescape_mount(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Mount points (from /proc/self/mountinfo) at or below `dir`.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.to_string_lossy().into_owned();
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     info.lines()
-        .filter_map(|l| l.split(' ').nth(4).map(unescape_mount))
+        .filter_map(|l| l.split(' ').nth(4).map(rustshim::cgroups::unescape_octal))
         .filter(|mp| mp == &prefix || mp.starts_with(&format!("{prefix}/")))
         .collect()
 }

@@ -3,7 +3,9 @@
 //! EROFS layers, and that neither Delete nor a failed Create leaves a mount or a loop device.
 //!
 //! Run against the Go reference shim to check the tests themselves:
-//!   RUSTSHIM_TEST_RUNTIME=io.containerd.runc.v2 cargo test --test e2e_mounts -- --test-threads=2
+//!   RUSTSHIM_TEST_RUNTIME=io.containerd.runc.v2 cargo test -p rustshim-cri-e2e --test e2e_mounts -- --test-threads=2
+//! (in tests/cri-e2e because one test drives a CRI pod, which needs the CRI client's crates)
+#[path = "../../common/mod.rs"]
 mod common;
 mod cri;
 
@@ -21,8 +23,7 @@ const T: Duration = Duration::from_secs(60);
 /// A skip that is part of the test's documented behaviour (the containerd under test lacks
 /// the feature), not the prerequisite policy of RUSTSHIM_ALLOW_SKIP.
 fn documented_skip(test: &str, reason: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
+    print_skip(test, reason);
 }
 
 fn stdout(o: &Output) -> String {
@@ -246,7 +247,7 @@ fn idmapped_rootfs_in_a_user_namespace() {
 /// mkfs.erofs new enough for containerd's EROFS differ (`--tar=f`), built by
 /// scripts/build-erofs-utils.sh when the system's is older.
 fn erofs_tools(test: &str) -> Option<PathBuf> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/build-erofs-utils.sh");
+    let script = repo_root().join("scripts/build-erofs-utils.sh");
     let o = run_with_timeout(Command::new("bash").arg(&script), None, Duration::ZERO, Duration::from_secs(900));
     if !o.status.success() {
         skip_or_fail(test, &format!("cannot build mkfs.erofs: {}", describe(&o)));
@@ -507,7 +508,7 @@ fn cri_pod_with_user_namespace() {
     // runc built from Debian sid's source package (scripts/build-runc.sh), named by BinaryName.
     // CRI reads runtime features only for runtime type io.containerd.runc.v2, so the rustshim
     // handler is declared with that type and runtime_path naming the shim.
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/build-runc.sh");
+    let script = repo_root().join("scripts/build-runc.sh");
     let o = run_with_timeout(Command::new("bash").arg(&script), None, Duration::ZERO, Duration::from_secs(1800));
     if !o.status.success() {
         cri::skip_or_fail(NAME, &format!("cannot build runc 1.2+: {}", describe(&o)));

@@ -10,6 +10,7 @@
 //! The CRIU is the one scripts/install-criu.sh builds: rustshim finds it through
 //! RUSTSHIM_CRIU_PATH, the Go shim through PATH, both in containerd's environment.
 
+#[path = "../../common/mod.rs"]
 mod common;
 mod cri;
 

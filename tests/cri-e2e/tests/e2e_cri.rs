@@ -9,8 +9,9 @@
 //! One pod (host network) with the project's pause image and three busybox
 //! containers must be served by exactly ONE rustshim process (grouping by the
 //! `io.kubernetes.cri.sandbox-id` annotation), which must exit after
-//! RemovePodSandbox. See tests/cri/mod.rs for the environment knobs.
+//! RemovePodSandbox. See cri/mod.rs beside this file for the environment knobs.
 
+#[path = "../../common/mod.rs"]
 mod common;
 mod cri;
 
