@@ -7,6 +7,7 @@
 mod common;
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -189,4 +190,53 @@ fn a_leaked_shim_exits_but_never_with_a_live_process() {
         wait_until(T, || !pid_alive(alive_shim) || proc_stat(alive_shim).is_some_and(|(s, _)| s == 'Z')),
         "[{NAME}] the shim did not exit once its exit was delivered and nothing was left"
     );
+}
+
+/// The OOM line says which limit was hit: the container's own, or its parent's (the pod's).
+#[test]
+fn oom_log_says_which_limit() {
+    const NAME: &str = "oom_log_says_which_limit";
+    if !only_rustshim(NAME) {
+        return;
+    }
+    let Some(c) = Containerd::start(NAME) else {
+        return;
+    };
+    c.import_image();
+    let hog = ["sh", "-c", "sleep 0.3; dd if=/dev/zero of=/dev/null bs=64M count=1; echo dd=$?"];
+    // 1. its own limit: 64 MiB buffer under a 20 MiB limit
+    let out = c.run(&["--rm", "--memory-limit", "20971520"], "oom-own", &hog);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "dd=137", "[{NAME}] {}", describe(&out));
+    let l = wait_for_line(&c, "for the own limit", |l| l.contains("container oom-own: OOM kill"));
+    assert!(l.contains("own memory limit (20971520 bytes)"), "{l}");
+    // 2. a parent's limit: the container has none, its parent cgroup (a pod's) has 20 MiB
+    let parent = format!("rs-pod-{}", random_suffix(6));
+    let v1 = Path::new("/sys/fs/cgroup/memory").is_dir();
+    let pdir = if v1 {
+        PathBuf::from("/sys/fs/cgroup/memory").join(&parent)
+    } else {
+        PathBuf::from("/sys/fs/cgroup").join(&parent)
+    };
+    fs::create_dir(&pdir).unwrap();
+    if v1 {
+        fs::write(pdir.join("memory.limit_in_bytes"), "20971520").unwrap();
+    } else {
+        let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+        fs::write(pdir.join("memory.max"), "20971520").unwrap();
+        fs::write(pdir.join("cgroup.subtree_control"), "+memory").unwrap();
+    }
+    let cgroup = format!("/{parent}/oom-parent");
+    let out = c.run(&["--rm", "--cgroup", &cgroup], "oom-parent", &hog);
+    let line = wait_for_line(&c, "for the parent's limit", |l| l.contains("container oom-parent: OOM kill"));
+    // remove the parent in every hierarchy runc created it in (it made the child's there too)
+    for root in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let d = root.path().join(&parent);
+        if d.is_dir() {
+            let _ = fs::remove_dir(d.join("oom-parent"));
+            let _ = fs::remove_dir(&d);
+        }
+    }
+    let _ = fs::remove_dir(PathBuf::from("/sys/fs/cgroup/unified").join(&parent));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "dd=137", "[{NAME}] {}", describe(&out));
+    assert!(line.contains("parent's memory limit (20971520 bytes") && line.contains(&parent), "{line}");
 }

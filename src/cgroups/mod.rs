@@ -31,7 +31,7 @@ use containerd_shim_protos::protobuf::Message;
 use crate::error::{Error, Result};
 
 pub use discovery::unescape_octal;
-pub use oom::{watch_oom, OomWatcher};
+pub use oom::{oom_cause, watch_oom, OomWatcher};
 
 pub const V1_METRICS_TYPE: &str = "io.containerd.cgroups.v1.Metrics";
 pub const V2_METRICS_TYPE: &str = "io.containerd.cgroups.v2.Metrics";

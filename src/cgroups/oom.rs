@@ -377,3 +377,81 @@ mod tests {
         assert!(!dir.exists());
     }
 }
+
+/// Which limit an OOM kill in `cg` hit, for the log line: the container's own memory limit, a
+/// parent's (the pod's, on Kubernetes), or none (the whole host ran out). TaskOOM carries only
+/// the container id, so this is said in the log.
+///
+/// v1: a charge that fails counts in `memory.failcnt` of the cgroup whose limit it hit, so the
+/// nearest cgroup (the container's, then each parent's) with failures is the one. v2: the
+/// `oom` count of `memory.events` counts the OOMs of a cgroup's subtree, so the container's
+/// own count says whether it (or a child of it) hit its limit, a parent's otherwise.
+pub fn oom_cause(cg: &Cgroup) -> String {
+    let Some(dir) = cg.memory_path() else { return "no memory cgroup known".into() };
+    let v2 = matches!(cg, Cgroup::V2 { .. });
+    let hit = |d: &Path| -> Option<u64> {
+        if v2 {
+            read_kv(d, "memory.events")?.get("oom").copied().filter(|n| *n > 0)
+        } else {
+            read_u64(d, "memory.failcnt", 0).filter(|n| *n > 0)
+        }
+    };
+    let limit = |d: &Path| -> Option<u64> {
+        let l = if v2 { read_u64(d, "memory.max", u64::MAX)? } else { read_u64(d, "memory.limit_in_bytes", 0)? };
+        // v1 writes "unlimited" as the largest page-aligned i64.
+        (l < (1 << 62)).then_some(l)
+    };
+    if hit(dir).is_some() {
+        return match limit(dir) {
+            Some(l) => format!("the container's own memory limit ({l} bytes) was hit"),
+            None => "the container's own memory cgroup hit a limit".into(),
+        };
+    }
+    let mut d = dir.parent();
+    while let Some(p) = d {
+        if !p.join(if v2 { "memory.events" } else { "memory.failcnt" }).exists() {
+            break;
+        }
+        if let (Some(_), Some(l)) = (hit(p), limit(p)) {
+            return format!("a parent's memory limit ({l} bytes, {}) was hit, not the container's own", p.display());
+        }
+        d = p.parent();
+    }
+    "no cgroup memory limit was hit: the host ran out of memory".into()
+}
+
+#[cfg(test)]
+mod cause_tests {
+    use super::*;
+    use crate::cgroups::testutil::TempDir;
+
+    #[test]
+    fn own_parent_or_host_v1() {
+        let t = TempDir::new("oomcause1");
+        let unlimited = "9223372036854771712";
+        t.sub("pod", &[("memory.failcnt", "0"), ("memory.limit_in_bytes", "104857600")]);
+        let c = t.sub("pod/c1", &[("memory.failcnt", "3"), ("memory.limit_in_bytes", "20971520")]);
+        let cg = |d: &Path| Cgroup::V1 { paths: [("memory".to_string(), d.to_path_buf())].into() };
+        assert!(oom_cause(&cg(&c)).contains("own memory limit (20971520 bytes)"), "{}", oom_cause(&cg(&c)));
+        // the pod's limit: the container's own count stays 0, the pod's grows
+        let c2 = t.sub("pod/c2", &[("memory.failcnt", "0"), ("memory.limit_in_bytes", unlimited)]);
+        std::fs::write(t.0.join("pod/memory.failcnt"), "5").unwrap();
+        let s = oom_cause(&cg(&c2));
+        assert!(s.contains("parent's memory limit (104857600 bytes") && s.contains("pod"), "{s}");
+        // nobody's: the host
+        std::fs::write(t.0.join("pod/memory.failcnt"), "0").unwrap();
+        assert!(oom_cause(&cg(&c2)).contains("host ran out"));
+    }
+
+    #[test]
+    fn own_or_parent_v2() {
+        let t = TempDir::new("oomcause2");
+        t.sub("pod", &[("memory.events", "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n"), ("memory.max", "104857600")]);
+        let c = t.sub("pod/c1", &[("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 1\n"), ("memory.max", "max")]);
+        let s = oom_cause(&Cgroup::V2 { path: c.clone() });
+        assert!(s.contains("parent's memory limit (104857600 bytes"), "{s}");
+        std::fs::write(c.join("memory.events"), "max 2\noom 1\noom_kill 1\n").unwrap();
+        std::fs::write(c.join("memory.max"), "20971520").unwrap();
+        assert!(oom_cause(&Cgroup::V2 { path: c }).contains("own memory limit (20971520 bytes)"));
+    }
+}

@@ -389,8 +389,10 @@ impl Supervisor {
             Ok(cg) => {
                 let publisher = self.publisher.clone();
                 let container_id = c.id.clone();
+                let limits = cg.clone();
                 let watch = cgroups::watch_oom(cg.clone(), move || {
-                    log::warn!("container {container_id}: OOM kill in its cgroup");
+                    // TaskOOM carries only the id: which limit was hit is for the log.
+                    log::warn!("container {container_id}: OOM kill in its cgroup: {}", cgroups::oom_cause(&limits));
                     publisher.publish(Event::Oom(ev::TaskOOM {
                         container_id: container_id.clone(),
                         ..Default::default()
