@@ -47,6 +47,17 @@ fn ready_now(fd: BorrowedFd<'_>, events: libc::c_short) -> bool {
     n > 0 && p.revents & (events | libc::POLLHUP | libc::POLLERR) != 0
 }
 
+/// How long a file job waits for more output before it hands the pipe back to the reactor.
+const STREAM_WAIT_MS: libc::c_int = 20;
+
+/// Wait up to `ms` for `fd` to become readable (or hang up).
+fn wait_readable(fd: RawFd, ms: libc::c_int) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n > 0
+}
+
 fn unsupported(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP))
 }
@@ -130,7 +141,13 @@ pub async fn to_file(from: &pipe::Receiver, log: Arc<FileLog>) -> Ended {
                 match splice_once(in_fd, out_fd) {
                     Ok(0) => return Ok(true),
                     Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                    // Drained: while output keeps coming, wait for it here a moment rather than
+                    // hand back to the reactor and start a new job for every pipeful.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if !wait_readable(in_fd, STREAM_WAIT_MS) {
+                            return Ok(false);
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
