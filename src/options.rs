@@ -169,6 +169,28 @@ pub struct CheckpointRequest {
     pub exit: bool,
 }
 
+/// The two checkpoint option types have the same fields (only their numbers differ), but no
+/// common trait: one expansion for both.
+macro_rules! checkpoint_request {
+    ($o:expr) => {{
+        let o = $o;
+        CheckpointRequest {
+            criu: CriuOpts {
+                image_path: o.image_path.into(),
+                work_path: o.work_path.into(),
+                parent_path: None,
+                open_tcp: o.open_tcp,
+                external_unix_sockets: o.external_unix_sockets,
+                shell_job: o.terminal,
+                file_locks: o.file_locks,
+                empty_namespaces: o.empty_namespaces,
+                cgroups_mode: o.cgroups_mode,
+            },
+            exit: o.exit,
+        }
+    }};
+}
+
 /// Decode a Checkpoint request's options: `containerd.runc.v1.CheckpointOptions` (1.7+), or the
 /// legacy `containerd.linux.runc.CheckpointOptions` that containerd 1.6's client sends (note
 /// its image and work paths are numbered the other way round; the generated types hide that).
@@ -180,38 +202,10 @@ pub fn decode_checkpoint(any: Option<&Any>, path: &str) -> Result<CheckpointRequ
     let mut req = match any.map(|a| (bare_type_url(&a.type_url), &a.value)) {
         None => CheckpointRequest::default(),
         Some(("containerd.runc.v1.CheckpointOptions", v)) => {
-            let o = parse::<CheckpointOptions>(v, "containerd.runc.v1.CheckpointOptions")?;
-            CheckpointRequest {
-                criu: CriuOpts {
-                    image_path: o.image_path.into(),
-                    work_path: o.work_path.into(),
-                    parent_path: None,
-                    open_tcp: o.open_tcp,
-                    external_unix_sockets: o.external_unix_sockets,
-                    shell_job: o.terminal,
-                    file_locks: o.file_locks,
-                    empty_namespaces: o.empty_namespaces,
-                    cgroups_mode: o.cgroups_mode,
-                },
-                exit: o.exit,
-            }
+            checkpoint_request!(parse::<CheckpointOptions>(v, "containerd.runc.v1.CheckpointOptions")?)
         }
         Some(("containerd.linux.runc.CheckpointOptions", v)) => {
-            let o = parse::<LegacyCheckpointOptions>(v, "containerd.linux.runc.CheckpointOptions")?;
-            CheckpointRequest {
-                criu: CriuOpts {
-                    image_path: o.image_path.into(),
-                    work_path: o.work_path.into(),
-                    parent_path: None,
-                    open_tcp: o.open_tcp,
-                    external_unix_sockets: o.external_unix_sockets,
-                    shell_job: o.terminal,
-                    file_locks: o.file_locks,
-                    empty_namespaces: o.empty_namespaces,
-                    cgroups_mode: o.cgroups_mode,
-                },
-                exit: o.exit,
-            }
+            checkpoint_request!(parse::<LegacyCheckpointOptions>(v, "containerd.linux.runc.CheckpointOptions")?)
         }
         Some((other, _)) => {
             return Err(Error::InvalidArgument(format!("checkpoint: unsupported options type {other:?}")))

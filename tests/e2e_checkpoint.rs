@@ -21,7 +21,7 @@ use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::Message;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -31,24 +31,6 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// The CRIU to test with: $RUSTSHIM_CRIU, else the newest build scripts/install-criu.sh cached.
-fn criu_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("RUSTSHIM_CRIU").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let cache = std::env::var("RUSTSHIM_CACHE").unwrap_or_else(|_| "/var/cache/rustshim".into());
-    let mut found: Vec<PathBuf> = fs::read_dir(&cache)
-        .map_err(|e| format!("{cache}: {e}"))?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("criu-"))
-        .map(|e| e.path().join("bin/criu"))
-        .filter(|p| p.is_file())
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .ok_or_else(|| format!("no {cache}/criu-*/bin/criu: run scripts/install-criu.sh"))
-}
 
 /// Err(reason) when the CRIU is missing or `criu check` fails on this kernel.
 fn criu_usable(criu: &Path) -> Result<(), String> {

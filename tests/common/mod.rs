@@ -1493,3 +1493,22 @@ pub fn loop_devices_under(dir: &Path) -> Vec<(String, String)> {
     }
     out
 }
+
+/// The CRIU to test with: $RUSTSHIM_CRIU, else the newest build scripts/install-criu.sh cached.
+pub fn criu_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("RUSTSHIM_CRIU").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let cache = std::env::var("RUSTSHIM_CACHE").unwrap_or_else(|_| "/var/cache/rustshim".into());
+    let mut found: Vec<PathBuf> = fs::read_dir(&cache)
+        .map_err(|e| format!("{cache}: {e}"))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("criu-"))
+        .map(|e| e.path().join("bin/criu"))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| format!("no {cache}/criu-*/bin/criu: run scripts/install-criu.sh"))
+}

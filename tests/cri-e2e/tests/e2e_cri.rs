@@ -22,11 +22,10 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use cri::*;
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as api;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 const TEST: &str = "e2e_cri";
 /// Upper bound of one CRI call.
@@ -78,21 +77,6 @@ where
     }
 }
 
-async fn connect(sock: &std::path::Path) -> Channel {
-    let path = sock.to_path_buf();
-    Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_timeout(Duration::from_secs(10))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(s))
-            }
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("connect to CRI on {}: {e}", sock.display()))
-}
 
 #[test]
 fn cri_pod_lifecycle() {
@@ -238,7 +222,7 @@ async fn flow(cd: &CriContainerd, checks: &mut Checks) -> Result<(), String> {
     cd.import(&pause_tar);
     cd.import(&app_tar);
 
-    let channel = connect(&cd.sock).await;
+    let channel = cri::connect(&cd.sock).await;
     let mut rt = RuntimeServiceClient::new(channel.clone());
     let mut img = ImageServiceClient::new(channel);
 

@@ -20,11 +20,10 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as api;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 const TEST: &str = "cri_checkpoint_and_restore";
 const RPC_TIMEOUT: Duration = Duration::from_secs(120);
@@ -41,45 +40,7 @@ where
     }
 }
 
-async fn connect(sock: &Path) -> Channel {
-    let path = sock.to_path_buf();
-    Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_timeout(Duration::from_secs(10))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(s))
-            }
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("connect to CRI on {}: {e}", sock.display()))
-}
 
-/// The newest CRIU scripts/install-criu.sh cached (or $RUSTSHIM_CRIU).
-fn criu_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("RUSTSHIM_CRIU").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let cache = std::env::var("RUSTSHIM_CACHE").unwrap_or_else(|_| "/var/cache/rustshim".into());
-    let mut found: Vec<PathBuf> = fs::read_dir(&cache)
-        .map_err(|e| format!("{cache}: {e}"))?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("criu-"))
-        .map(|e| e.path().join("bin/criu"))
-        .filter(|p| p.is_file())
-        .collect();
-    found.sort();
-    let criu = found
-        .pop()
-        .ok_or_else(|| format!("no {cache}/criu-*/bin/criu: run scripts/install-criu.sh"))?;
-    let o = cri::run_with_timeout(std::process::Command::new(&criu).arg("check"), Duration::from_secs(60));
-    if !o.status.success() {
-        return Err(format!("{} check failed: {}", criu.display(), describe_out(&o)));
-    }
-    Ok(criu)
-}
 
 fn describe_out(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -261,9 +222,19 @@ async fn state_of(rt: &mut Rt, id: &str) -> Result<i32, String> {
     Ok(r.status.map(|s| s.state).unwrap_or(-1))
 }
 
+/// tests/common's CRIU, if `criu check` passes with it.
+fn checked_criu() -> Result<PathBuf, String> {
+    let criu = common::criu_binary()?;
+    let o = cri::run_with_timeout(std::process::Command::new(&criu).arg("check"), Duration::from_secs(60));
+    if !o.status.success() {
+        return Err(format!("{} check failed: {}", criu.display(), describe_out(&o)));
+    }
+    Ok(criu)
+}
+
 #[test]
 fn cri_checkpoint_and_restore() {
-    let criu = match criu_binary() {
+    let criu = match checked_criu() {
         Ok(c) => c,
         Err(reason) => return cri::skip_or_fail(TEST, &reason),
     };
@@ -293,7 +264,7 @@ async fn flow(cd: &cri::CriContainerd) -> Result<(), String> {
     let (pause_tar, app_tar) = cri::build_images()?;
     cd.import(&pause_tar);
     cd.import(&app_tar);
-    let channel = connect(&cd.sock).await;
+    let channel = cri::connect(&cd.sock).await;
     let mut rt = RuntimeServiceClient::new(channel.clone());
     let mut img = ImageServiceClient::new(channel);
     for image in [cri::PAUSE_IMAGE, cri::APP_IMAGE] {

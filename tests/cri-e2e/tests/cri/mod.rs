@@ -858,3 +858,20 @@ pub fn remove_cgroup_tree(parent: &str) {
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     crate::common::run_with_timeout(cmd, None, Duration::ZERO, timeout)
 }
+
+/// A CRI client channel over containerd's unix socket.
+pub async fn connect(sock: &Path) -> tonic::transport::Channel {
+    let path = sock.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_timeout(Duration::from_secs(10))
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("connect to CRI on {}: {e}", sock.display()))
+}
