@@ -990,7 +990,7 @@ def write_docs(R, rows, mi):
         f"- **containerd:** {mi['containerd']}",
         f"- **runc:** {mi['runc']}",
         f"- **rustshim:** git {mi['git']}, {mi['rustc']}, release profile (opt-level s, fat LTO, panic=abort, strip), static non-PIE (scripts/build-release.sh)",
-        f"- **Go shim:** `/usr/bin/containerd-shim-runc-v2` from the Debian containerd package",
+        f"- **Go shim:** `{mi.get('go_shim', 'containerd-shim-runc-v2')}` from the same Debian containerd package",
         f"- **Run settings:** {N_IDLE} idle containers/runtime, {N_EXECS} execs, {N_RUNS} `ctr run --rm` samples, "
         f"{IDLE_SECS} s idle window, scale {N_SCALE if N_SCALE else 'skipped'} ×{PAR}; "
         f"load average during the latency step {' '.join(R['run_rm']['loadavg_before'])} → {' '.join(R['run_rm']['loadavg_after'])}",
@@ -1084,6 +1084,7 @@ def main():
     t_start = time.monotonic()
     R = {"binary": {"rust": os.path.getsize(RUST_BIN), "go": os.path.getsize(go_bin)}}
     mi = machine_info()
+    mi["go_shim"] = go_bin
     env = Env()
     log(f"private containerd in {env.dir}, namespace {NS}, run tag {TAG}")
     ok = False
