@@ -48,6 +48,24 @@ fn hanging_runc(dir: &Path) -> (String, std::path::PathBuf) {
     (runc_on_path(dir, "hang-bin", &script), pids)
 }
 
+/// A scratch dir for a runc wrapper (outside the harness's, which exists only after start),
+/// removed when the test ends, pass or fail.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("rs-{tag}-{}", random_suffix(6)));
+        fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 fn hung_pids(file: &Path) -> Vec<u32> {
     fs::read_to_string(file)
         .unwrap_or_default()
@@ -59,10 +77,8 @@ fn hung_pids(file: &Path) -> Vec<u32> {
 #[test]
 fn create_cancelled_by_the_callers_deadline() {
     const NAME: &str = "create_cancelled_by_the_callers_deadline";
-    // A scratch dir for the wrapper, outside the harness's (which exists only after start).
-    let scratch = std::env::temp_dir().join(format!("rs-hang-{}", random_suffix(6)));
-    fs::create_dir_all(&scratch).unwrap();
-    let (path, pids_file) = hanging_runc(&scratch);
+    let scratch = Scratch::new("hang");
+    let (path, pids_file) = hanging_runc(&scratch.0);
     let Some(c) = Containerd::start_with_env(NAME, &[("PATH", &path)]) else {
         return;
     };
@@ -98,7 +114,7 @@ fn create_cancelled_by_the_callers_deadline() {
     report(NAME, &format!("ctr --timeout 3s answered after {answered:.1?}; hung runc gone {runc_gone:.1?} after the start; shim gone {:.1?}", t0.elapsed()));
     // ... nothing is left mounted for it, and k1 can be created again.
     assert!(c.mounts().iter().all(|m| !m.contains("/k1/")), "[{NAME}] mounts left: {:?}", c.mounts());
-    fs::remove_file(scratch.join("hang")).unwrap();
+    fs::remove_file(scratch.0.join("hang")).unwrap();
     // ctr's own cleanup ran with its expired context and left its container record and
     // snapshot (under the Go shim alike): remove them as a user would. What must not remain
     // is anything of the shim's: the new create goes to a shim that answers it.
@@ -110,8 +126,6 @@ fn create_cancelled_by_the_callers_deadline() {
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "k1"]);
     c.wait_status("k1", "STOPPED", T);
     c.remove("k1");
-    drop(c);
-    let _ = fs::remove_dir_all(&scratch);
 }
 
 /// Open fds of `pid` by kind: (pipes, everything).
@@ -230,9 +244,8 @@ fn strict_runc(dir: &Path) -> (String, std::path::PathBuf) {
 #[test]
 fn every_runtime_call_carries_the_global_flags() {
     const NAME: &str = "every_runtime_call_carries_the_global_flags";
-    let scratch = std::env::temp_dir().join(format!("rs-strict-{}", random_suffix(6)));
-    fs::create_dir_all(&scratch).unwrap();
-    let (path, refused) = strict_runc(&scratch);
+    let scratch = Scratch::new("strict");
+    let (path, refused) = strict_runc(&scratch.0);
     let Some(c) = Containerd::start_with_env(NAME, &[("PATH", &path)]) else {
         return;
     };
@@ -252,8 +265,6 @@ fn every_runtime_call_carries_the_global_flags() {
     c.remove("g1");
     let refusals = fs::read_to_string(&refused).unwrap_or_default();
     assert!(refusals.is_empty(), "[{NAME}] runtime calls without --log:\n{refusals}");
-    drop(c);
-    let _ = fs::remove_dir_all(&scratch);
 }
 
 /// With a shared pid namespace nothing dies with init: the shim kills the rest before it

@@ -509,10 +509,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
             paths.extend(std::env::split_paths(&p));
         }
         let path = std::env::join_paths(paths).unwrap();
+        // containerd's own temporary files (e.g. ctrd-checkpoint* image dirs) go in the
+        // private dir, which cleanup removes, rather than in the host's /tmp.
+        let tmp = self.dir.join("tmp");
+        let _ = fs::create_dir_all(&tmp);
         let mut cmd = Command::new(containerd_tool("containerd"));
         cmd.arg("--config")
             .arg(self.dir.join("config.toml"))
             .env("PATH", path)
+            .env("TMPDIR", &tmp)
             .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
