@@ -86,24 +86,9 @@ impl Container {
     /// Every TaskExit whose turn has come, told now: execs first, init last and only when no
     /// exec may still exit.
     pub fn tellable_exits(&mut self) -> Vec<Event> {
-        let mut out = Vec::new();
-        let mut ids: Vec<String> = self
-            .execs
-            .iter()
-            .filter(|(_, p)| matches!(p.report, Report::Held(_)))
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.sort(); // deterministic order among execs that exited together
-        for id in ids {
-            let p = self.execs.get_mut(&id).unwrap();
-            if let Some(e) = p.tell_exit() {
-                out.push(exit_event(&self.id, &id, p.pid, e));
-            }
-        }
+        let mut out = self.tell_execs(|r| matches!(r, Report::Held(_)));
         if matches!(self.init.report, Report::Held(_)) && !self.execs.values().any(|p| p.report.holds_init_exit()) {
-            if let Some(e) = self.init.tell_exit() {
-                out.push(exit_event(&self.id, &self.id, self.init.pid, e));
-            }
+            out.extend(self.tell_init());
         }
         out
     }
@@ -111,23 +96,34 @@ impl Container {
     /// Delete: every exit seen and not yet told goes out now, execs first, whatever still holds
     /// it; a TaskExit must never be lost behind a TaskDelete.
     pub fn all_pending_exits(&mut self) -> Vec<Event> {
-        let mut out = Vec::new();
-        let mut ids: Vec<String> = self.execs.keys().cloned().collect();
+        let mut out = self.tell_execs(|r| r.pending_exit().is_some());
+        out.extend(self.tell_init());
+        out
+    }
+
+    /// Tell the exits of the execs whose report matches, in exec-id order (deterministic among
+    /// execs that exited together).
+    fn tell_execs(&mut self, which: impl Fn(Report) -> bool) -> Vec<Event> {
+        let mut ids: Vec<String> = self.execs.iter().filter(|(_, p)| which(p.report)).map(|(id, _)| id.clone()).collect();
         ids.sort();
+        let mut out = Vec::new();
         for id in ids {
             let p = self.execs.get_mut(&id).unwrap();
             if let Some(e) = p.tell_exit() {
                 out.push(exit_event(&self.id, &id, p.pid, e));
             }
         }
-        if let Some(e) = self.init.tell_exit() {
-            out.push(exit_event(&self.id, &self.id, self.init.pid, e));
-        }
         out
+    }
+
+    fn tell_init(&mut self) -> Option<Event> {
+        let e = self.init.tell_exit()?;
+        Some(exit_event(&self.id, &self.id, self.init.pid, e))
     }
 }
 
-fn exit_event(container_id: &str, id: &str, pid: u32, (status, at): ExitInfo) -> Event {
+/// The TaskExit of process `id` (the exec id, or the container id for init).
+pub fn exit_event(container_id: &str, id: &str, pid: u32, (status, at): ExitInfo) -> Event {
     Event::Exit(TaskExit {
         container_id: container_id.to_string(),
         id: id.to_string(),

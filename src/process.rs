@@ -193,7 +193,7 @@ impl Process {
     pub fn signal(&self, sig: i32) -> std::result::Result<(), nix::errno::Errno> {
         match &self.pidfd {
             Some(fd) => crate::reaper::pidfd_signal(fd, sig),
-            None if self.report.pending_exit().is_some() || self.exit().is_some() => Err(nix::errno::Errno::ESRCH),
+            None if self.has_exited() => Err(nix::errno::Errno::ESRCH),
             None => nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.pid as i32),
                 nix::sys::signal::Signal::try_from(sig).ok(),

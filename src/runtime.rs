@@ -260,6 +260,9 @@ impl Runc {
     ) -> Result<Vec<u8>> {
         // One debug line per runtime call: what ran, how long it took, how it ended (its
         // log.json error when it failed).
+        if !log::log_enabled!(log::Level::Debug) {
+            return self.run(call, verb, args, stdio, input).await;
+        }
         let argv = args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
         let start = Instant::now();
         let r = self.run(call, verb, args, stdio, input).await;

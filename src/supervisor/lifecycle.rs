@@ -454,16 +454,9 @@ impl Supervisor {
                 p.state().apply(Transition::Delete)?;
             }
             let mut p = c.execs.remove(exec_id).unwrap();
-            if let Some((status, at)) = p.tell_exit() {
+            if let Some(e) = p.tell_exit() {
                 // Never lost behind the delete (it is told at once in practice).
-                self.publisher.publish(Event::Exit(ev::TaskExit {
-                    container_id: id.to_string(),
-                    id: exec_id.to_string(),
-                    pid: p.pid,
-                    exit_status: status,
-                    exited_at: timestamp(at),
-                    ..Default::default()
-                }));
+                self.publisher.publish(crate::container::exit_event(id, exec_id, p.pid, e));
             }
             // It no longer holds init's exit.
             self.settle(c);
