@@ -18,7 +18,6 @@ mod cri;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::fs;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use cri::*;
@@ -28,8 +27,6 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
 const TEST: &str = "e2e_cri";
-/// Upper bound of one CRI call.
-const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 const MEMORY_LIMIT: i64 = 96 * 1024 * 1024;
 
 type Rt = RuntimeServiceClient<Channel>;
@@ -56,27 +53,6 @@ impl Checks {
         self.check(false, what);
     }
 }
-
-/// A CRI call with a timeout; the error is a readable string.
-async fn call<T, F>(what: &str, fut: F) -> Result<T, String>
-where
-    F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let started = Instant::now();
-    match tokio::time::timeout(RPC_TIMEOUT, fut).await {
-        Ok(Ok(r)) => {
-            println!("  {what}: {:?}", started.elapsed());
-            Ok(r.into_inner())
-        }
-        Ok(Err(s)) => Err(format!(
-            "{what} failed: code={:?} message={:?}",
-            s.code(),
-            s.message()
-        )),
-        Err(_) => Err(format!("{what} timed out after {RPC_TIMEOUT:?}")),
-    }
-}
-
 
 #[test]
 fn cri_pod_lifecycle() {
@@ -122,39 +98,6 @@ fn cri_pod_lifecycle() {
 struct Ctr {
     name: &'static str,
     id: String,
-}
-
-fn container_config(name: &str, cmd: &[&str], log_path: &str) -> api::ContainerConfig {
-    api::ContainerConfig {
-        metadata: Some(api::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(api::ImageSpec {
-            image: APP_IMAGE.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: log_path.into(),
-        labels: HashMap::from([("app".to_string(), name.to_string())]),
-        linux: Some(api::LinuxContainerConfig {
-            resources: Some(api::LinuxContainerResources {
-                cpu_shares: 2,
-                oom_score_adj: 1000,
-                ..Default::default()
-            }),
-            security_context: Some(api::LinuxContainerSecurityContext {
-                namespace_options: Some(api::NamespaceOption {
-                    network: api::NamespaceMode::Node as i32,
-                    pid: api::NamespaceMode::Container as i32,
-                    ipc: api::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }),
-        ..Default::default()
-    }
 }
 
 async fn container_status(rt: &mut Rt, id: &str) -> Result<api::ContainerStatusResponse, String> {
@@ -226,73 +169,15 @@ async fn flow(cd: &CriContainerd, checks: &mut Checks) -> Result<(), String> {
     let mut rt = RuntimeServiceClient::new(channel.clone());
     let mut img = ImageServiceClient::new(channel);
 
-    let v = match call("Version", rt.version(api::VersionRequest::default())).await {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(match cd.cri_load_error() {
-                Some(why) => format!("{e}\nthe CRI plugin did not load: {why}"),
-                None => e,
-            })
-        }
-    };
+    let v = cri_version(cd, &mut rt).await?;
     println!(
         "CRI: {} {} (CRI API {})",
         v.runtime_name, v.runtime_version, v.runtime_api_version
     );
-    // CRI learns about imported images from containerd's events: wait for both
-    for image in [PAUSE_IMAGE, APP_IMAGE] {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let r = call(
-                "ImageStatus",
-                img.image_status(api::ImageStatusRequest {
-                    image: Some(api::ImageSpec {
-                        image: image.into(),
-                        ..Default::default()
-                    }),
-                    verbose: false,
-                }),
-            )
-            .await?;
-            if r.image.is_some() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("CRI does not see the imported image {image}"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    wait_for_images(&mut img, &[PAUSE_IMAGE, APP_IMAGE]).await?;
 
     // ---- pod -----------------------------------------------------------------
-    let uid = format!("uid-{}", random_suffix(12));
-    let pod_config = api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: "rustshim-cri".into(),
-            uid: uid.clone(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        // kubelet leaves the hostname empty for host-network pods (runc
-        // refuses a hostname without a private UTS namespace)
-        hostname: String::new(),
-        log_directory: cd.log_dir.display().to_string(),
-        labels: HashMap::from([("test".to_string(), TEST.to_string())]),
-        linux: Some(api::LinuxPodSandboxConfig {
-            cgroup_parent: cd.cgroup_parent.clone(),
-            security_context: Some(api::LinuxSandboxSecurityContext {
-                namespace_options: Some(api::NamespaceOption {
-                    network: api::NamespaceMode::Node as i32,
-                    pid: api::NamespaceMode::Container as i32,
-                    ipc: api::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let pod_config = host_network_pod_config(cd, "rustshim-cri", TEST);
     let pod_id = call(
         "RunPodSandbox",
         rt.run_pod_sandbox(api::RunPodSandboxRequest {

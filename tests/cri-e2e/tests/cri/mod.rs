@@ -1,5 +1,6 @@
-//! Support for tests/cri-e2e/tests/e2e_cri.rs: a PRIVATE containerd with the CRI plugin
-//! enabled and the `rustshim` runtime handler configured (std only).
+//! Support for the CRI tests beside this file (e2e_cri.rs and others): a PRIVATE containerd
+//! with the CRI plugin enabled and the `rustshim` runtime handler configured, and the CRI
+//! client calls they share (k8s-cri + tonic).
 //!
 //! Everything lives in a short temp dir `/tmp/rscri-XXXXXX` (root, state,
 //! gRPC socket, pod logs, containerd.log). Dropping [`CriContainerd`] stops
@@ -21,14 +22,20 @@
 #![allow(dead_code)]
 
 pub use crate::common::{describe, pid_alive, random_suffix, repo_root, send_signal, wait_until, which};
+use k8s_cri::v1 as api;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use std::collections::HashMap;
 use std::fs;
+use std::future::Future;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 /// The shim binary cargo built for the integration tests.
 pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustshim-v2");
@@ -874,4 +881,152 @@ pub async fn connect(sock: &Path) -> tonic::transport::Channel {
         }))
         .await
         .unwrap_or_else(|e| panic!("connect to CRI on {}: {e}", sock.display()))
+}
+
+// ---------------------------------------------------------------------------
+// CRI client side (what kubelet would send)
+// ---------------------------------------------------------------------------
+
+/// Upper bound of one CRI call.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A CRI call with a timeout; the error is a readable string. Prints nothing (for timed calls).
+pub async fn rpc<T, F>(what: &str, fut: F) -> Result<T, String>
+where
+    F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    match tokio::time::timeout(RPC_TIMEOUT, fut).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(format!(
+            "{what} failed: code={:?} message={:?}",
+            s.code(),
+            s.message()
+        )),
+        Err(_) => Err(format!("{what} timed out after {RPC_TIMEOUT:?}")),
+    }
+}
+
+/// [`rpc`], printing how long a successful call took.
+pub async fn call<T, F>(what: &str, fut: F) -> Result<T, String>
+where
+    F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let started = Instant::now();
+    let r = rpc(what, fut).await;
+    if r.is_ok() {
+        println!("  {what}: {:?}", started.elapsed());
+    }
+    r
+}
+
+/// CRI's Version; when it fails, says why the CRI plugin did not load if containerd logged it.
+pub async fn cri_version(
+    cd: &CriContainerd,
+    rt: &mut RuntimeServiceClient<Channel>,
+) -> Result<api::VersionResponse, String> {
+    call("Version", rt.version(api::VersionRequest::default()))
+        .await
+        .map_err(|e| match cd.cri_load_error() {
+            Some(why) => format!("{e}\nthe CRI plugin did not load: {why}"),
+            None => e,
+        })
+}
+
+/// Waits (15 s at most each) until CRI sees the imported images: it learns about them from
+/// containerd's events, a moment after the import.
+pub async fn wait_for_images(
+    img: &mut ImageServiceClient<Channel>,
+    images: &[&str],
+) -> Result<(), String> {
+    for image in images {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = call(
+                "ImageStatus",
+                img.image_status(api::ImageStatusRequest {
+                    image: Some(api::ImageSpec {
+                        image: image.to_string(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                }),
+            )
+            .await?;
+            if r.image.is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("CRI does not see the imported image {image}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// A host-network pod (no CNI needed) with a fresh uid, logging to `cd`'s pod log dir, under
+/// the cgroup parent `cd` removes at drop; labelled `test=<test>`.
+pub fn host_network_pod_config(cd: &CriContainerd, name: &str, test: &str) -> api::PodSandboxConfig {
+    api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{}", random_suffix(12)),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        // kubelet leaves the hostname empty for host-network pods (runc
+        // refuses a hostname without a private UTS namespace)
+        hostname: String::new(),
+        log_directory: cd.log_dir.display().to_string(),
+        labels: HashMap::from([("test".to_string(), test.to_string())]),
+        linux: Some(api::LinuxPodSandboxConfig {
+            cgroup_parent: cd.cgroup_parent.clone(),
+            security_context: Some(api::LinuxSandboxSecurityContext {
+                namespace_options: Some(api::NamespaceOption {
+                    network: api::NamespaceMode::Node as i32,
+                    pid: api::NamespaceMode::Container as i32,
+                    ipc: api::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A busybox ([`APP_IMAGE`]) container in a host-network pod, as kubelet would configure it;
+/// `log_path` is relative to the pod's log directory.
+pub fn container_config(name: &str, cmd: &[&str], log_path: &str) -> api::ContainerConfig {
+    api::ContainerConfig {
+        metadata: Some(api::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(api::ImageSpec {
+            image: APP_IMAGE.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: log_path.into(),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(api::LinuxContainerConfig {
+            resources: Some(api::LinuxContainerResources {
+                cpu_shares: 2,
+                oom_score_adj: 1000,
+                ..Default::default()
+            }),
+            security_context: Some(api::LinuxContainerSecurityContext {
+                namespace_options: Some(api::NamespaceOption {
+                    network: api::NamespaceMode::Node as i32,
+                    pid: api::NamespaceMode::Container as i32,
+                    ipc: api::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    }
 }
