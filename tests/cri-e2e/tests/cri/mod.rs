@@ -1,6 +1,6 @@
-//! Support for the CRI tests beside this file (e2e_cri.rs and others): a PRIVATE containerd
-//! with the CRI plugin enabled and the `rustshim` runtime handler configured, and the CRI
-//! client calls they share (k8s-cri + tonic).
+//! Support for the CRI tests beside this file (e2e_cri.rs and others, bench_pod_start.rs): a
+//! PRIVATE containerd with the CRI plugin enabled and the `rustshim` runtime handler configured,
+//! and the CRI client calls they share (k8s-cri + tonic).
 //!
 //! Everything lives in a short temp dir `/tmp/rscri-XXXXXX` (root, state,
 //! gRPC socket, pod logs, containerd.log). Dropping [`CriContainerd`] stops
@@ -19,6 +19,12 @@
 //! - `RUSTSHIM_ALLOW_SKIP=1`: when a prerequisite is missing, print
 //!   `SKIPPED: reason` and pass instead of failing.
 //! - `RUSTSHIM_KEEP_TMP=1`: keep the temp dir (logs, state) after the test.
+//! - `RUSTSHIM_CRI_SHIM_DIR=/dir`: serve the `rustshim` handler with
+//!   `/dir/containerd-shim-rustshim-v2` instead of the debug build cargo made
+//!   for the tests (scripts/bench points it at its release copy). containerd
+//!   then finds both shims in a private `bin/` of the temp dir holding links to
+//!   exactly that binary and to the Go shim of the containerd dir under test,
+//!   so nothing else in `/dir` (the bench keeps a Go shim copy there) is used.
 #![allow(dead_code)]
 
 pub use crate::common::{describe, pid_alive, random_suffix, repo_root, send_signal, wait_until, which};
@@ -39,6 +45,28 @@ use tonic::transport::Channel;
 
 /// The shim binary cargo built for the integration tests.
 pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustshim-v2");
+/// Binary names containerd derives from the two runtime types configured.
+pub const RUST_SHIM_NAME: &str = "containerd-shim-rustshim-v2";
+pub const GO_SHIM_NAME: &str = "containerd-shim-runc-v2";
+
+/// `RUSTSHIM_CRI_SHIM_DIR`, when set: the directory whose rustshim binary serves the pods.
+fn shim_dir_override() -> Option<PathBuf> {
+    std::env::var("RUSTSHIM_CRI_SHIM_DIR")
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The rustshim binary the `rustshim` handler runs: `$RUSTSHIM_CRI_SHIM_DIR/containerd-shim-rustshim-v2`,
+/// else [`SHIM_BIN`].
+pub fn rust_shim_bin() -> PathBuf {
+    match shim_dir_override() {
+        Some(d) => d.join(RUST_SHIM_NAME),
+        None => PathBuf::from(SHIM_BIN),
+    }
+}
+
 /// Runtime type of the shim and the CRI runtime handler name mapped to it.
 pub const RUNTIME_TYPE: &str = "io.containerd.rustshim.v2";
 pub const HANDLER: &str = "rustshim";
@@ -169,6 +197,13 @@ pub fn prerequisites() -> Result<(), String> {
     if !Path::new(SHIM_BIN).exists() {
         return Err(format!("shim binary {SHIM_BIN} missing (cargo build)"));
     }
+    let shim = rust_shim_bin();
+    if !is_executable(&shim) {
+        return Err(format!(
+            "shim binary {} missing or not executable (RUSTSHIM_CRI_SHIM_DIR)",
+            shim.display()
+        ));
+    }
     Ok(())
 }
 
@@ -252,10 +287,10 @@ pub fn cri_config_with(dir: &Path, version: (u32, u32, u32), options: &[String],
         Ok("1") | Ok("true") | Ok("yes")
     ) && testing_rustshim()
     {
-        extra.push_str(&format!("        runtime_path = \"{SHIM_BIN}\"\n"));
+        extra.push_str(&format!("        runtime_path = \"{}\"\n", rust_shim_bin().display()));
     }
     let runtime_type = if as_runc_type && testing_rustshim() {
-        extra.push_str(&format!("        runtime_path = \"{SHIM_BIN}\"\n"));
+        extra.push_str(&format!("        runtime_path = \"{}\"\n", rust_shim_bin().display()));
         "io.containerd.runc.v2"
     } else {
         RUNTIME_TYPE
@@ -401,6 +436,11 @@ pub fn flag_value(args: &[String], name: &str) -> Option<String> {
 
 /// Every live shim process of the runtime under test (any containerd).
 pub fn all_shim_procs() -> Vec<ShimProc> {
+    shim_procs_where(|name| name == shim_name())
+}
+
+/// Every live process whose argv[0] basename passes `keep` (any containerd).
+fn shim_procs_where(keep: impl Fn(&str) -> bool) -> Vec<ShimProc> {
     let mut v = Vec::new();
     let Ok(rd) = fs::read_dir("/proc") else {
         return v;
@@ -418,7 +458,10 @@ pub fn all_shim_procs() -> Vec<ShimProc> {
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect();
         let Some(argv0) = args.first() else { continue };
-        if Path::new(argv0).file_name().map(|n| n == shim_name()) != Some(true) {
+        if !Path::new(argv0)
+            .file_name()
+            .is_some_and(|n| keep(&n.to_string_lossy()))
+        {
             continue;
         }
         if !pid_alive(pid) {
@@ -526,6 +569,8 @@ pub struct CriContainerd {
     pub log_dir: PathBuf,
     /// Cgroup parent of the pod (`/rustshim-cri-<suffix>`), removed at drop.
     pub cgroup_parent: String,
+    /// containerd's PATH: where it looks the shim binaries up.
+    pub path: Vec<PathBuf>,
     child: Option<Child>,
     /// Sandbox and container ids this test created (force-deleted at drop if left).
     ids: Mutex<Vec<String>>,
@@ -560,11 +605,13 @@ impl CriContainerd {
             fs::create_dir_all(dir.join(sub)).expect("mkdir");
         }
         fs::write(dir.join("config.toml"), cri_config_with(&dir, version, runtime_options, as_runc_type)).expect("write config");
+        let path = daemon_path(&dir, &bin_dir);
         let mut c = CriContainerd {
             name: name.to_string(),
             sock: dir.join("c.sock"),
             log_dir: dir.join("pods"),
             cgroup_parent: format!("/rustshim-cri-{suffix}"),
+            path,
             dir,
             bin_dir,
             version,
@@ -583,15 +630,10 @@ impl CriContainerd {
             .append(true)
             .open(self.dir.join("containerd.log"))
             .expect("open containerd.log");
-        let shim_dir = Path::new(SHIM_BIN).parent().unwrap().to_path_buf();
-        let mut paths = vec![shim_dir, self.bin_dir.clone()];
-        if let Some(p) = std::env::var_os("PATH") {
-            paths.extend(std::env::split_paths(&p));
-        }
         let child = Command::new(self.bin_dir.join("containerd"))
             .arg("--config")
             .arg(self.dir.join("config.toml"))
-            .env("PATH", std::env::join_paths(paths).unwrap())
+            .env("PATH", std::env::join_paths(&self.path).unwrap())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -622,6 +664,16 @@ impl CriContainerd {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The binary containerd runs for shim `name`: the first one on its PATH, else the one
+    /// beside containerd (its own fallback).
+    pub fn resolve_shim(&self, name: &str) -> Option<PathBuf> {
+        self.path
+            .iter()
+            .chain(std::iter::once(&self.bin_dir))
+            .map(|d| d.join(name))
+            .find(|p| is_executable(p))
     }
 
     /// `ctr -a SOCK -n k8s.io ARGS`
@@ -723,6 +775,15 @@ impl CriContainerd {
             .collect()
     }
 
+    /// Live shims of either kind started by THIS containerd.
+    pub fn all_shims(&self) -> Vec<ShimProc> {
+        let sock = self.sock.display().to_string();
+        shim_procs_where(|name| name.starts_with("containerd-shim-"))
+            .into_iter()
+            .filter(|p| p.flag("address").as_deref() == Some(sock.as_str()))
+            .collect()
+    }
+
     /// Copies containerd.log to target/tmp/e2e-logs/<name>.log; returns the path.
     pub fn save_log(&self) -> Option<PathBuf> {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
@@ -761,8 +822,9 @@ impl CriContainerd {
             }
         }
         self.stop_daemon();
-        // shims whose -address is our socket: ours by construction
-        let shims = self.shims();
+        // shims whose -address is our socket: ours by construction (of either handler: a
+        // test may have run pods of both)
+        let shims = self.all_shims();
         for s in &shims {
             send_signal(s.pid, "KILL");
         }
@@ -859,6 +921,37 @@ pub fn remove_cgroup_tree(parent: &str) {
             rm(&d);
         }
     }
+}
+
+/// containerd's PATH for a private instance in `dir`: the rustshim under test first, then
+/// the containerd dir under test (its Go shim), then ours.
+///
+/// By default the rustshim is the one in SHIM_BIN's dir. With `RUSTSHIM_CRI_SHIM_DIR`, `dir/bin`
+/// holds links to that dir's rustshim and to `bin_dir`'s Go shim: putting the whole dir first
+/// would also put whatever else it holds ahead of `bin_dir` (scripts/bench's dir has a copy of
+/// the Go shim from the PATH, not necessarily from `bin_dir`).
+fn daemon_path(dir: &Path, bin_dir: &Path) -> Vec<PathBuf> {
+    let first = if shim_dir_override().is_some() {
+        let links = dir.join("bin");
+        fs::create_dir_all(&links).expect("mkdir bin");
+        let mut targets = vec![(rust_shim_bin(), RUST_SHIM_NAME)];
+        if is_executable(&bin_dir.join(GO_SHIM_NAME)) {
+            targets.push((bin_dir.join(GO_SHIM_NAME), GO_SHIM_NAME));
+        }
+        for (target, name) in targets {
+            let target = fs::canonicalize(&target).unwrap_or(target);
+            std::os::unix::fs::symlink(&target, links.join(name))
+                .unwrap_or_else(|e| panic!("link {} -> {}: {e}", links.join(name).display(), target.display()));
+        }
+        links
+    } else {
+        Path::new(SHIM_BIN).parent().unwrap().to_path_buf()
+    };
+    let mut paths = vec![first, bin_dir.to_path_buf()];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    paths
 }
 
 /// A command with a timeout and no stdin (tests/common's runner).
