@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -42,9 +43,10 @@ PAR = max(1, env_int("BENCH_PAR", 8))
 WRITE_DOCS = os.environ.get("BENCH_DOCS", "1") != "0" and not os.environ.get("BENCH_ONLY")
 OUT_DIR = os.path.join(REPO, os.environ.get("BENCH_OUT", "docs"))
 JSON_OUT = os.environ.get("BENCH_JSON")
-N_TRACE = max(0, env_int("BENCH_TRACE", 5))
+N_TRACE = max(0, env_int("BENCH_TRACE", 5))  # runs/execs per runtime traced for shim CPU (0 = skip)
 LOG_MIB = max(0, env_int("BENCH_LOG_MIB", 1024))  # output per log-throughput run (0 = skip)
-ONLY = os.environ.get("BENCH_ONLY", "")  # "log": only the log-throughput rows  # runs/execs per runtime traced for shim CPU (0 = skip)
+N_POD = max(0, env_int("BENCH_POD", 20))  # CRI pod starts per runtime (0 = skip)
+ONLY = os.environ.get("BENCH_ONLY", "")  # "log" / "pod": only the log-throughput / CRI pod-start rows
 TRACEFS = "/sys/kernel/tracing"
 
 RUNTIMES = [  # key, label, runtime type, shim binary basename
@@ -66,10 +68,10 @@ class BenchError(Exception):
     pass
 
 
-def run(args, timeout=CMD_TIMEOUT, check=True, capture=True, env=None):
+def run(args, timeout=CMD_TIMEOUT, check=True, capture=True, env=None, cwd=None):
     p = subprocess.run(args, stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, timeout=timeout, env=env, text=True)
+                       stderr=subprocess.PIPE, timeout=timeout, env=env, text=True, cwd=cwd)
     if check and p.returncode != 0:
         raise BenchError(f"{' '.join(args)} -> exit {p.returncode}: {p.stderr.strip()[-500:]}")
     return p
@@ -739,6 +741,142 @@ def step_scale(env, R):
     R["scale"] = res
 
 
+# ---- CRI pod start (a cargo test with its own CRI-enabled containerd) -------------------
+
+POD_CARGO = ["cargo", "test", "-p", "rustshim-cri-e2e", "--test", "bench_pod_start"]
+POD_TEST = "cri_pod_start"
+# Knobs of the CRI harness that would change what is measured (handler mapping, runtime_path,
+# runtime options, a skip instead of a failure): the step must not inherit them.
+POD_ENV_DROP = ("RUSTSHIM_TEST_RUNTIME", "RUSTSHIM_CRI_RUNTIME_PATH", "RUSTSHIM_CRI_OPTIONS",
+                "RUSTSHIM_ALLOW_SKIP", "RUSTSHIM_CONTAINERD_DIR")
+
+
+def pod_wanted():
+    return N_POD > 0 and ONLY in ("", "pod")
+
+
+def containerd_dir():
+    """The dir of the containerd this run uses (the CRI step must start the same one)."""
+    d = os.environ.get("BENCH_CONTAINERD_DIR", "").strip()
+    return os.path.abspath(d) if d else os.path.dirname(shutil.which("containerd"))
+
+
+def pod_env(**extra):
+    e = {k: v for k, v in os.environ.items() if k not in POD_ENV_DROP}
+    e.update(extra)
+    return e
+
+
+def pod_prepare():
+    """Builds the pod-start test before any containerd runs, so no compile shares the machine with
+    a measurement. Returns None when the step will run, else why it is skipped; raises when the
+    build fails (a broken test must not quietly drop the row)."""
+    missing = [t for t in ("cargo", "protoc") if not shutil.which(t)]
+    if missing:
+        return f"{' and '.join(missing)} not on PATH (the CRI test crate is built with cargo; k8s-cri needs protoc)"
+    log(f"CRI pod start: building its test ({' '.join(POD_CARGO)} --no-run)")
+    p = run(POD_CARGO + ["--no-run"], timeout=3600, check=False, env=pod_env(), cwd=REPO)
+    if p.returncode != 0:
+        raise BenchError(f"building the CRI pod-start test failed:\n{p.stderr.strip()[-2000:]}")
+    return None
+
+
+def cleanup_cri_dir(d):
+    """What the test's own drop would have removed, after the test was killed: its containerd
+    (found by its config in d), the shims naming its socket, its pods' runc containers (their
+    ids are the bundle names), mounts under d, d itself and its pod cgroup parent."""
+    conf, sock = os.path.join(d, "config.toml"), os.path.join(d, "c.sock")
+
+    def pids_with(arg):
+        out = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+            except OSError:
+                continue
+            if arg in argv:
+                out.append(int(pid))
+        return out
+
+    for sig, pids in ((signal.SIGTERM, pids_with(conf)), (signal.SIGKILL, pids_with(sock))):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(2)
+    runc_root = "/run/containerd/runc/k8s.io"
+    tasks = os.path.join(d, "state", "io.containerd.runtime.v2.task", "k8s.io")
+    for cid in (os.listdir(tasks) if os.path.isdir(tasks) else []):
+        run(["runc", "--root", runc_root, "delete", "-f", cid], check=False, timeout=30)
+    try:
+        os.rmdir(runc_root)  # only if empty: other users of k8s.io keep theirs
+    except OSError:
+        pass
+    mounts = [l.split()[4] for l in read("/proc/self/mountinfo").splitlines()]
+    for mp in sorted((m for m in mounts if m == d or m.startswith(d + "/")), key=len, reverse=True):
+        run(["umount", "-l", mp], check=False, timeout=30)
+    shutil.rmtree(d, ignore_errors=True)
+    parent = "rustshim-cri-" + os.path.basename(d)[len("rscri-"):]
+    for root in ["/sys/fs/cgroup"] + [os.path.join("/sys/fs/cgroup", c) for c in os.listdir("/sys/fs/cgroup")]:
+        top = os.path.join(root, parent)
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: len(w[0]), reverse=True):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
+
+
+def step_pod_start(env, R):
+    """RunPodSandbox + CreateContainer + StartContainer of one busybox container, through CRI,
+    N_POD times per runtime (interleaved, after 2 discarded warm-ups each): the ignored cargo test
+    tests/cri-e2e/tests/bench_pod_start.rs starts a private containerd of its own with CRI and
+    both handlers, serving rustshim from env.bin (this run's release copy)."""
+    log(f"CRI pod start: {N_POD} pods per runtime (+2 warm-up), interleaved, through a private "
+        f"CRI containerd of {containerd_dir()}")
+    out = os.path.join(env.dir, "pod.json")
+    e = pod_env(BENCH_POD_N=str(N_POD), BENCH_POD_JSON=out, RUSTSHIM_CRI_SHIM_DIR=env.bin,
+                RUSTSHIM_CONTAINERD_BIN_DIR=containerd_dir())
+    # Its own process group: cargo and the test binary can be killed as one, and a ^C reaches
+    # only the bench, which then cleans up after them.
+    p = subprocess.Popen(POD_CARGO + ["--", "--ignored", "--exact", "--nocapture", POD_TEST],
+                         cwd=REPO, env=e, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+
+    def reader():  # the summary lines live, everything kept for a failure report
+        for line in p.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("bench_pod_start: "):
+                log("  " + line[len("bench_pod_start: "):].rstrip())
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        # the test bounds each of its own waits; this is a backstop
+        p.wait(timeout=300 + 30 * 2 * (N_POD + 2))
+    except BaseException as ex:
+        # killed, the test cannot run its drop: remove its containerd and the rest ourselves
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+        t.join(5)
+        m = re.search(r"\((/tmp/rscri-[^)/]+)\)", "\n".join(lines))
+        if m:
+            log(f"CRI pod start: test killed; cleaning up after it in {m.group(1)}")
+            cleanup_cri_dir(m.group(1))
+        if isinstance(ex, subprocess.TimeoutExpired):
+            raise BenchError("CRI pod-start test timed out:\n" + "\n".join(lines[-40:]))
+        raise
+    t.join(10)
+    if p.returncode != 0:
+        raise BenchError("CRI pod-start test failed:\n" + "\n".join(lines[-40:]))
+    R["pod"] = json.loads(read(out))
+
+
 # ---- report ----------------------------------------------------------------------
 
 def fmt(v, unit):
@@ -765,6 +903,18 @@ def build_rows(R):
     """[(metric, rust, go, unit, target_text, kind, bound, chart)], kind: ratio|abs|info."""
     rows = []
     add = lambda *r: rows.append(r)
+
+    def add_pod():
+        if "pod" not in R:
+            return
+        pr, pg = R["pod"]["rust"], R["pod"]["go"]
+        add(f"CRI pod start (RunPodSandbox+CreateContainer+StartContainer), p50 (n={len(pr)})",
+            median(pr), median(pg), "ms", "ratio <= 0.85", "ratio", 0.85, True)
+        add("CRI pod start, p90", pct(pr, 90), pct(pg, 90), "ms", "", "info", None, False)
+
+    if ONLY == "pod":
+        add_pod()
+        return rows
     if "log" in R:
         lg = R["log"]
         add(f"Log throughput, {LOG_MIB} MiB stdout via FIFO to a fast reader", lg["rust"]["fifo_mib_s"], lg["go"]["fifo_mib_s"], "MiB/s", "ratio >= 1.5", "ratio_min", 1.5, True)
@@ -805,6 +955,7 @@ def build_rows(R):
     add(f"  baseline: `ctr version` (ctr start-up + 1 RPC), median (p90 {pct(el['ctr'], 90):.1f} ms)", bc, bc, "ms", "", "base", None, False)
     add("  run --rm minus bare runc (shim + containerd + ctr)", median(rl["rust"]) - br, median(rl["go"]) - br, "ms", "", "info", None, True)
     add("  exec minus bare runc exec (shim + containerd + ctr)", median(el["rust"]) - be, median(el["go"]) - be, "ms", "", "info", None, True)
+    add_pod()
     if "shim_cpu" in R:
         sc = R["shim_cpu"]
         add(f"Shim CPU per `ctr run --rm` (start+daemon+delete, ftrace, median of {len(sc['rust']['run'])})",
@@ -992,7 +1143,8 @@ def write_docs(R, rows, mi):
         f"- **rustshim:** git {mi['git']}, {mi['rustc']}, release profile (opt-level s, fat LTO, panic=abort, strip), static non-PIE (scripts/build-release.sh)",
         f"- **Go shim:** `{mi.get('go_shim', 'containerd-shim-runc-v2')}` from the same Debian containerd package",
         f"- **Run settings:** {N_IDLE} idle containers/runtime, {N_EXECS} execs, {N_RUNS} `ctr run --rm` samples, "
-        f"{IDLE_SECS} s idle window, scale {N_SCALE if N_SCALE else 'skipped'} ×{PAR}; "
+        f"{IDLE_SECS} s idle window, scale {N_SCALE if N_SCALE else 'skipped'} ×{PAR}, "
+        f"CRI pod start {len(R['pod']['rust']) if 'pod' in R else 'skipped'}; "
         f"load average during the latency step {' '.join(R['run_rm']['loadavg_before'])} → {' '.join(R['run_rm']['loadavg_after'])}",
         f"- **Summary:** {len(passes)} targets PASS, {len(misses)} MISS"
         + (": " + "; ".join(r[0].strip() for r in misses) if misses else ""),
@@ -1010,6 +1162,13 @@ def write_docs(R, rows, mi):
         "sample by sample with a rotating order; the bare-runc baseline is measured in the same rotation with",
         "a `runc spec` bundle over a busybox rootfs directory (no containerd, no shim), so",
         "\"minus bare runc\" is what containerd + ctr + the shim add on top of runc.",
+        "CRI pod start is kubelet's side instead of ctr's: the ignored cargo test",
+        "`tests/cri-e2e/tests/bench_pod_start.rs` starts a second private containerd (same binary, CRI",
+        "enabled, handlers `rustshim` and `runc`, rustshim from this run's release copy) and times",
+        "RunPodSandbox + CreateContainer + StartContainer of a host-network pod with one busybox `sleep`,",
+        "gRPC over the unix socket from one client; samples alternate rustshim/Go after 2 discarded",
+        "warm-ups each, and every pod is stopped, removed and its shim gone (untimed) before the next.",
+        "p50 is the median, p90 nearest-rank.",
         "",
         "## How to run",
         "",
@@ -1024,8 +1183,8 @@ def write_docs(R, rows, mi):
         "socket; CRI disabled) with `target/release` first on `PATH`, works in namespace `bench`, and at the",
         "end deletes every container, stops that containerd, kills any shim of it still alive and removes the",
         "temp dir. Other knobs: `BENCH_IDLE`, `BENCH_EXECS`, `BENCH_N`, `BENCH_IDLE_SECS`, `BENCH_PAR`,",
-        "`BENCH_NS`, `BENCH_OUT`, `BENCH_NO_BUILD=1`, `BENCH_JSON=file` (raw numbers); see the header of",
-        "`scripts/bench`.",
+        "`BENCH_POD` (CRI pod starts per runtime, 0 = skip; needs cargo and protoc), `BENCH_NS`, `BENCH_OUT`,",
+        "`BENCH_NO_BUILD=1`, `BENCH_JSON=file` (raw numbers); see the header of `scripts/bench`.",
         "",
         "## Analysis",
         "",
@@ -1054,6 +1213,11 @@ def write_docs(R, rows, mi):
         f"- bare runc exec {[round(x, 1) for x in sorted(el['runc'])]}",
         f"- ctr version {[round(x, 1) for x in sorted(el['ctr'])]}",
     ]
+    if "pod" in R:
+        pod = R["pod"]
+        lines.append(f"- CRI pod start rustshim {[round(x, 1) for x in sorted(pod['rust'])]}")
+        lines.append(f"- CRI pod start Go {[round(x, 1) for x in sorted(pod['go'])]} "
+                     f"({pod.get('go_shim', '?')}; {pod.get('containerd', '?')})")
     if "scale" in R:
         s = R["scale"]
         lines.append(f"- scale: shims left after stop: rustshim {s['rust']['shims_left']}, Go {s['go']['shims_left']}")
@@ -1075,6 +1239,18 @@ def main():
     go_bin = shutil.which("containerd-shim-runc-v2")
     if not go_bin:
         sys.exit("containerd-shim-runc-v2 not found")
+    if ONLY not in ("", "log", "pod"):
+        sys.exit(f"BENCH_ONLY={ONLY}: only \"log\" or \"pod\"")
+    pod_skip = "BENCH_POD=0" if N_POD == 0 else None
+    if pod_wanted():
+        try:
+            pod_skip = pod_prepare()
+        except BenchError as e:
+            sys.exit(f"[bench] {e}")
+    if pod_skip:
+        if ONLY == "pod":
+            sys.exit(f"BENCH_ONLY=pod, but the CRI pod-start step cannot run: {pod_skip}")
+        log(f"skipping the CRI pod-start step: {pod_skip}")
 
     def on_term(signum, _):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1090,12 +1266,14 @@ def main():
     ok = False
     try:
         env.start(go_bin)
-        log("image: scripts/make-image.sh + ctr images import")
-        img = os.path.join(env.dir, "rsbox.tar")
-        run(["bash", os.path.join(REPO, "scripts", "make-image.sh"), img, IMAGE])
-        run(env.ctr("images", "import", img))
-        step_log_throughput(env, R)
-        if ONLY != "log":
+        if ONLY != "pod":  # the pod step imports its own images into its own containerd
+            log("image: scripts/make-image.sh + ctr images import")
+            img = os.path.join(env.dir, "rsbox.tar")
+            run(["bash", os.path.join(REPO, "scripts", "make-image.sh"), img, IMAGE])
+            run(env.ctr("images", "import", img))
+        if ONLY in ("", "log"):
+            step_log_throughput(env, R)
+        if ONLY == "":
             bundles = make_bundles(env)
             ids = step_memory_and_idle(env, R)
             step_exec(env, R, ids, bundles)
@@ -1106,6 +1284,8 @@ def main():
                 step_shim_cpu(env, R)
             if N_SCALE > 0:
                 step_scale(env, R)
+        if pod_wanted() and not pod_skip:
+            step_pod_start(env, R)
         ok = True
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); cleaning up")
