@@ -189,7 +189,18 @@ class Env:
     def start(self, go_bin):
         os.makedirs(self.bin)
         for src in (RUST_BIN, go_bin):
-            shutil.copy2(src, os.path.join(self.bin, os.path.basename(src)))
+            dst = os.path.join(self.bin, os.path.basename(src))
+            shutil.copy2(src, dst)
+            # A file written a moment ago sits in the page cache in the folios its writes made
+            # (up to 2 MiB here), and a fault maps a whole dirty folio: a fresh copy would show
+            # text resident that no shim ran. Drop them, so both binaries are read from disk
+            # through readahead as an installed binary is after a reboot.
+            os.sync()
+            fd = os.open(dst, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
         cfg = os.path.join(self.dir, "config.toml")
         with open(cfg, "w") as f:
             f.write(f'''version = 2
@@ -606,8 +617,13 @@ class Tracer:
 
     def __init__(self):
         self.dir = None
+        self.mounted = False
+        if not os.path.isdir(os.path.join(TRACEFS, "instances")) and os.path.isdir(TRACEFS):
+            # tracefs is not mounted on every machine: mount it for this step, unmount after
+            self.mounted = run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=False).returncode == 0
         if not os.path.isdir(os.path.join(TRACEFS, "instances")):
             log(f"no tracefs at {TRACEFS}; skipping the shim CPU step")
+            self._unmount()
             return
         d = os.path.join(TRACEFS, "instances", f"rsbench-{TAG}")
         try:
@@ -672,6 +688,12 @@ class Tracer:
             except OSError:
                 time.sleep(0.1)
         self.dir = None
+        self._unmount()
+
+    def _unmount(self):
+        if self.mounted:
+            run(["umount", TRACEFS], check=False)
+            self.mounted = False
 
 
 def tids(pid):
@@ -1140,7 +1162,7 @@ def write_docs(R, rows, mi):
         f"- **Machine:** {machine}; {mi['os']}",
         f"- **containerd:** {mi['containerd']}",
         f"- **runc:** {mi['runc']}",
-        f"- **rustshim:** git {mi['git']}, {mi['rustc']}, release profile (opt-level s, fat LTO, panic=abort, strip), static non-PIE (scripts/build-release.sh)",
+        f"- **rustshim:** git {mi['git']}, {mi['rustc']}, release profile (opt-level s, fat LTO, panic=abort), static non-PIE, functions laid out by scripts/layout/symbol-order.txt, stripped (scripts/build-release.sh)",
         f"- **Go shim:** `{mi.get('go_shim', 'containerd-shim-runc-v2')}` from the same Debian containerd package",
         f"- **Run settings:** {N_IDLE} idle containers/runtime, {N_EXECS} execs, {N_RUNS} `ctr run --rm` samples, "
         f"{IDLE_SECS} s idle window, scale {N_SCALE if N_SCALE else 'skipped'} ×{PAR}, "
