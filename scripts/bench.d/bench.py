@@ -610,6 +610,35 @@ def step_log_throughput(env, R):
     R["log"] = res
 
 
+TRACE_EVENTS = ("sched_process_fork", "sched_process_exec", "sched_process_exit", "sched_stat_runtime")
+
+
+def exec_phases(events):
+    """Where the time of one `ctr task exec ... true` goes, from the process events of its trace:
+    ctr starts -> runc starts (ctr start-up, containerd, the shim's Exec and Start up to the spawn),
+    runc exec itself, and runc or the process exiting, whichever is later -> ctr exits (the Start
+    reply, the exit's event and Wait, Delete, ctr's teardown). None when a mark is missing."""
+    def first(pred):
+        return next((e for e in events if pred(e)), None)
+    ctr = first(lambda e: e[1] == "sched_process_exec" and re.search(r"filename=\S*/ctr ", e[3] + " "))
+    if not ctr:
+        return None
+    ctr_pid = re.search(r" pid=(\d+)", ctr[3]).group(1)
+    runc = first(lambda e: e[1] == "sched_process_exec" and e[0] > ctr[0]
+                 and re.search(r"filename=\S*/runc ", e[3] + " "))
+    if not runc:
+        return None
+    runc_pid = re.search(r" pid=(\d+)", runc[3]).group(1)
+    exit_of = lambda pat: first(lambda e: e[1] == "sched_process_exit" and re.search(pat, e[3]))
+    ctr_exit = exit_of(rf"comm=ctr pid={ctr_pid} ")
+    runc_exit = exit_of(rf" pid={runc_pid} ")
+    proc_exit = exit_of(r"comm=true ")
+    if not (ctr_exit and runc_exit and proc_exit):
+        return None
+    return {"pre": runc[0] - ctr[0], "runc": runc_exit[0] - runc[0],
+            "post": ctr_exit[0] - max(runc_exit[0], proc_exit[0])}
+
+
 class Tracer:
     """A private ftrace instance recording fork/exec/exit and sched_stat_runtime, to add up the
     CPU time spent by processes named containerd-shim (the shim's start/daemon/delete processes
@@ -628,7 +657,7 @@ class Tracer:
         d = os.path.join(TRACEFS, "instances", f"rsbench-{TAG}")
         try:
             os.mkdir(d)
-            for e in ("sched_process_fork", "sched_process_exec", "sched_stat_runtime"):
+            for e in TRACE_EVENTS:
                 with open(os.path.join(d, "events", "sched", e, "enable"), "w") as f:
                     f.write("1")
             with open(os.path.join(d, "buffer_size_kb"), "w") as f:
@@ -653,15 +682,18 @@ class Tracer:
         finally:
             self._w("tracing_on", "0")
         fam, ns, lost = set(roots), 0, False
+        self.events = []  # (ms, event, tid, rest) of the process events, for exec_phases
         with open(os.path.join(self.dir, "trace")) as f:
             for line in f:
                 if line.startswith("#"):
                     lost = lost or "LOST" in line
                     continue
-                m = re.search(r"-(\d+)\s+\[\d+\].*?: (sched_\w+): (.*)", line)
+                m = re.search(r"-(\d+)\s+\[\d+\]\s+(?:\S+\s+)?([\d.]+): (sched_\w+): (.*)", line)
                 if not m:
                     continue
-                tid, ev, rest = int(m.group(1)), m.group(2), m.group(3)
+                tid, ev, rest = int(m.group(1)), m.group(3), m.group(4)
+                if ev != "sched_stat_runtime":
+                    self.events.append((float(m.group(2)) * 1000, ev, tid, rest))
                 if ev == "sched_process_fork":
                     if tid in fam:
                         fam.add(int(re.search(r"child_pid=(\d+)", rest).group(1)))
@@ -677,7 +709,7 @@ class Tracer:
             return
         try:
             self._w("tracing_on", "0", d)
-            for e in ("sched_process_fork", "sched_process_exec", "sched_stat_runtime"):
+            for e in TRACE_EVENTS:
                 self._w(os.path.join("events", "sched", e, "enable"), "0", d)
         except OSError:
             pass
@@ -710,7 +742,7 @@ def step_shim_cpu(env, R):
     if not tr.dir:
         return
     log(f"shim CPU (ftrace): {N_TRACE} `ctr run --rm` and {N_TRACE} execs per runtime")
-    res = {k: {"run": [], "exec": [], "lost": 0} for k in RT_TYPE}
+    res = {k: {"run": [], "exec": [], "exec_phases": [], "lost": 0} for k in RT_TYPE}
     try:
         holders = {k: f"{TAG}-t{k[0]}" for k in RT_TYPE}
         for k in RT_TYPE:
@@ -727,6 +759,9 @@ def step_shim_cpu(env, R):
                     "task", "exec", "--exec-id", f"t{i}", holders[k], "true")))
                 res[k]["exec"].append(ms)
                 res[k]["lost"] += lost
+                ph = exec_phases(tr.events)
+                if ph:
+                    res[k]["exec_phases"].append(ph)
         for k in RT_TYPE:
             env.remove(holders[k])
     finally:
@@ -984,6 +1019,13 @@ def build_rows(R):
             median(sc["rust"]["run"]), median(sc["go"]["run"]), "ms", "", "info", None, True)
         add(f"Shim CPU per `ctr task exec` (ftrace, median of {len(sc['rust']['exec'])})",
             median(sc["rust"]["exec"]), median(sc["go"]["exec"]), "ms", "", "info", None, True)
+        if sc["rust"]["exec_phases"] and sc["go"]["exec_phases"]:
+            ph = {k: sc[k]["exec_phases"] for k in ("rust", "go")}
+            n = min(len(ph["rust"]), len(ph["go"]))
+            for key, what in (("pre", "ctr starts -> runc exec starts"), ("runc", "runc exec, start -> exit"),
+                              ("post", "runc/process exit -> ctr exits")):
+                add(f"  exec timeline (ftrace, median of {n}): {what}", median([p[key] for p in ph["rust"]]),
+                    median([p[key] for p in ph["go"]]), "ms", "", "info", None, False)
     if "scale" in R:
         s = R["scale"]
         add(f"Scale: start {N_SCALE} containers, {PAR} at a time (wall)", s["rust"]["start_s"], s["go"]["start_s"], "s", "", "info", None, False)

@@ -267,6 +267,10 @@ def main():
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    # Within each part the order matters little (all of the front is mapped anyway): sorted, so
+    # a regenerated file differs from the last one only where the profile did.
+    front_set = set(front)
+    order = sorted(front_set) + sorted(n for n in order if n not in front_set)
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     write_order(OUT, order, [
         "Function layout of the release shim: made by scripts/profile-layout.sh, used by",
