@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -38,7 +39,7 @@ N_IDLE = max(1, env_int("BENCH_IDLE", 20))
 N_EXECS = max(1, env_int("BENCH_EXECS", 50))
 N_RUNS = max(1, env_int("BENCH_N", 50))
 IDLE_SECS = max(1, env_int("BENCH_IDLE_SECS", 10))
-N_SCALE = max(0, env_int("BENCH_SCALE", 200))
+N_DENSITY = max(0, env_int("BENCH_SCALE", 1000))  # idle containers per runtime, density step
 PAR = max(1, env_int("BENCH_PAR", 8))
 WRITE_DOCS = os.environ.get("BENCH_DOCS", "1") != "0" and not os.environ.get("BENCH_ONLY")
 OUT_DIR = os.path.join(REPO, os.environ.get("BENCH_OUT", "docs"))
@@ -46,7 +47,7 @@ JSON_OUT = os.environ.get("BENCH_JSON")
 N_TRACE = max(0, env_int("BENCH_TRACE", 5))  # runs/execs per runtime traced for shim CPU (0 = skip)
 LOG_MIB = max(0, env_int("BENCH_LOG_MIB", 1024))  # output per log-throughput run (0 = skip)
 N_POD = max(0, env_int("BENCH_POD", 20))  # CRI pod starts per runtime (0 = skip)
-ONLY = os.environ.get("BENCH_ONLY", "")  # "log" / "pod": only the log-throughput / CRI pod-start rows
+ONLY = os.environ.get("BENCH_ONLY", "")  # "log" / "pod" / "density": only those rows
 TRACEFS = "/sys/kernel/tracing"
 
 RUNTIMES = [  # key, label, runtime type, shim binary basename
@@ -168,12 +169,29 @@ def cpu_snapshot(pid):
 
 # ---- the private containerd ------------------------------------------------------------
 
+def containerd_rlimits():
+    """In the forked child before exec (no threads run yet when the bench starts containerd):
+    the limits containerd.service gives containerd, LimitNOFILE=infinity (systemd makes that
+    fs.nr_open) and LimitNPROC=infinity, instead of whatever this shell had. containerd holds
+    fds per shim (ttrpc connections both ways), the shims inherit these limits, and with the
+    common soft limit of 1024 the density step would run out of fds, not of anything it measures.
+    Without CAP_SYS_RESOURCE (some sandboxes) a hard limit cannot be raised: then soft = hard."""
+    for res, want in ((resource.RLIMIT_NOFILE, int(read("/proc/sys/fs/nr_open"))),
+                      (resource.RLIMIT_NPROC, resource.RLIM_INFINITY)):
+        try:
+            resource.setrlimit(res, (want, want))
+        except (ValueError, OSError):
+            hard = resource.getrlimit(res)[1]
+            resource.setrlimit(res, (hard, hard))
+
+
 class Env:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="rsb.", dir="/tmp")
         self.sock = os.path.join(self.dir, "c.sock")
         self.cpid = None
         self.cproc = None
+        self.nofile = None  # containerd's RLIMIT_NOFILE (soft, hard) once it is up
         self.runc_root = os.path.join(self.dir, "runc")
         self.bare_ids = set()
         # Private copies of both shim binaries, first on containerd's PATH: their file pages are
@@ -218,12 +236,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         logf = open(os.path.join(self.dir, "containerd.log"), "w")
         self.cproc = subprocess.Popen(["containerd", "--config", cfg], stdin=subprocess.DEVNULL,
                                       stdout=logf, stderr=logf, env=self.path_env,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=containerd_rlimits)
         self.cpid = self.cproc.pid
         for _ in range(150):
             if self.cproc.poll() is not None:
                 raise BenchError("containerd exited:\n" + self.log_tail())
             if run(["ctr", "-a", self.sock, "version"], check=False, timeout=10).returncode == 0:
+                self.nofile = resource.prlimit(self.cpid, resource.RLIMIT_NOFILE)
                 return
             time.sleep(0.2)
         raise BenchError("containerd did not come up:\n" + self.log_tail())
@@ -376,9 +395,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         for mp in sorted(mounts, key=len, reverse=True):
             run(["umount", "-l", mp], check=False, timeout=30)
         shutil.rmtree(self.dir, ignore_errors=True)
-        # runc leaves the namespace's parent cgroup (/<NS>) in every hierarchy; remove it if empty
+        # runc leaves the namespace's parent cgroup (/<NS>) in every hierarchy; remove it if empty,
+        # after the empty cgroups of our ids under it (a start that failed half-way leaves those)
         for ctrl in os.listdir("/sys/fs/cgroup"):
             for d in (f"/sys/fs/cgroup/{ctrl}/{NS}", f"/sys/fs/cgroup/{NS}"):
+                try:
+                    mine = [c for c in os.listdir(d) if c.startswith(TAG + "-")]
+                except OSError:
+                    mine = []
+                for c in mine:
+                    try:
+                        os.rmdir(os.path.join(d, c))
+                    except OSError:
+                        pass
                 try:
                     os.rmdir(d)
                 except OSError:
@@ -387,6 +416,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         still = self.all_our_pids()
         if still:
             errors.append(f"shim processes still alive: {still}")
+        if os.path.isdir(runc_ns):
+            stale = [c for c in os.listdir(runc_ns) if c.startswith(TAG + "-")]
+            if stale:
+                errors.append(f"{len(stale)} runc states of this run left in {runc_ns}")
+        stale = [d for ctrl in os.listdir("/sys/fs/cgroup")
+                 for d in (f"/sys/fs/cgroup/{ctrl}/{NS}", f"/sys/fs/cgroup/{NS}") if os.path.isdir(d)
+                 for c in os.listdir(d) if c.startswith(TAG + "-")]
+        if stale:
+            errors.append(f"{len(stale)} cgroups of this run left under /sys/fs/cgroup/*/{NS}")
+        mounts = [l.split()[4] for l in read("/proc/self/mountinfo").splitlines()]
+        if any(mp == self.dir or mp.startswith(self.dir + "/") for mp in mounts):
+            errors.append(f"mounts left under {self.dir}")
         if os.path.exists(self.dir):
             errors.append(f"{self.dir} could not be removed")
         return errors
@@ -769,33 +810,145 @@ def step_shim_cpu(env, R):
     R["shim_cpu"] = res
 
 
-def step_scale(env, R):
-    res = {}
+# What the density step leaves free for everything else on the machine: it stops starting
+# containers, and measures what it holds, before the kernel would have to say no (with no swap the
+# OOM killer picks a victim anywhere; with no free pid every fork on the machine fails).
+DENSITY_MIN_AVAIL_MIB = 2048  # MemAvailable
+DENSITY_PID_RESERVE = 2000  # tasks below min(pid_max, threads-max): PAR starts in flight (ctr,
+#                             runc init, a new shim: ~40 threads each) and whoever else runs here
+DENSITY_MIN_DISK_MIB = 256  # free on /run (runc state, shim sockets) and on the temp dir
+
+
+def density_limit(env):
+    """Why no further container should be started now, or None."""
+    mi = {l.split(":")[0]: int(l.split()[1]) for l in read("/proc/meminfo").splitlines()}
+    if mi["MemAvailable"] < DENSITY_MIN_AVAIL_MIB * 1024:
+        return f"MemAvailable {mi['MemAvailable'] // 1024} MiB < {DENSITY_MIN_AVAIL_MIB} MiB"
+    tasks = int(read("/proc/loadavg").split()[3].split("/")[1])  # threads, each holding a pid
+    cap = min(int(read("/proc/sys/kernel/pid_max")), int(read("/proc/sys/kernel/threads-max")))
+    if tasks > cap - DENSITY_PID_RESERVE:
+        return f"{tasks} tasks on the machine, within {DENSITY_PID_RESERVE} of pid_max/threads-max {cap}"
+    for d in ("/run", env.dir):
+        st = os.statvfs(d)
+        if st.f_bavail * st.f_frsize < DENSITY_MIN_DISK_MIB << 20:
+            return f"less than {DENSITY_MIN_DISK_MIB} MiB free on {d}"
+        if st.f_files and st.f_favail < 10000:
+            return f"fewer than 10000 free inodes on {d}"
+    return None
+
+
+def containerd_mem(env):
+    """containerd's own Rss/Pss (smaps_rollup), peak RSS so far (VmHWM) and threads, in kB."""
+    try:
+        r, st = smaps_rollup(env.cpid), status(env.cpid)
+        return {"rss": r["Rss"], "pss": r["Pss"], "hwm": int(st["VmHWM"].split()[0]),
+                "threads": int(st["Threads"]), "fds": len(os.listdir(f"/proc/{env.cpid}/fd"))}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def density_one(env, k):
+    """N_DENSITY idle containers of runtime k: start them PAR at a time (wall timed), measure every
+    shim once all are up, then kill and delete them PAR at a time (wall timed). A failed start, or
+    density_limit(), ends the start phase early: what was held then is measured and reported as
+    the number reached. An interrupt stops both phases at once (queued work is dropped, the at
+    most PAR commands in flight finish); Env.cleanup removes whatever is left."""
+    ids = [f"{TAG}-d{k[0]}-{i:04d}" for i in range(N_DENSITY)]
+    stop = threading.Event()
+    lock = threading.Lock()
+    tried, started, why = [], set(), []
+
+    def start(cid):
+        if stop.is_set():
+            return
+        lim = density_limit(env)
+        if lim:
+            with lock:
+                why.append(lim)
+            stop.set()
+            return
+        with lock:
+            tried.append(cid)
+        try:
+            env.run_detached(k, cid)
+        except (BenchError, subprocess.TimeoutExpired) as e:
+            with lock:
+                why.append(f"starting {cid} failed: {e}")
+            stop.set()
+            return
+        with lock:
+            started.add(cid)
+
+    def remove(cid):
+        if not stop.is_set():
+            env.remove(cid)
+
+    log(f"density: {N_DENSITY} idle {k} containers, {PAR} at a time "
+        f"(containerd RLIMIT_NOFILE {env.nofile[0] if env.nofile else '?'})")
+    avail0 = int(re.search(r"MemAvailable:\s*(\d+)", read("/proc/meminfo")).group(1))
+    cd0 = containerd_mem(env)
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(PAR) as ex:
+        try:
+            for f in [ex.submit(start, c) for c in ids]:
+                f.result()
+        finally:
+            stop.set()  # before the executor's exit waits: on an interrupt, queued starts return at once
+    start_s = time.perf_counter() - t0
+    if why:
+        log(f"density: {k}: stopped starting after {len(started)} of {N_DENSITY}: {why[0]}")
+    time.sleep(3)  # let the last shims settle (Go: GC, runtime threads) before they are read
+    shims = env.shims()
+    held = [c for c in ids if c in started and c in shims]
+    if len(held) != len(started):
+        why.append(f"{len(started) - len(held)} started containers have no shim process")
+        log(f"density: {k}: {why[-1]}")
+    log(f"density: {k}: {len(held)} containers up after {start_s:.1f} s; reading smaps_rollup")
+    mems, thr = [], []
+    for c in held:
+        try:
+            mems.append(smaps_rollup(shims[c][1]))
+            thr.append(threads(shims[c][1]))
+        except (OSError, KeyError):
+            pass
+    cd = containerd_mem(env)
+    avail1 = int(re.search(r"MemAvailable:\s*(\d+)", read("/proc/meminfo")).group(1))
+    tasks = int(read("/proc/loadavg").split()[3].split("/")[1])
+    log(f"density: {k}: removing {len(tried)} containers, {PAR} at a time")
+    stop.clear()
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(PAR) as ex:
+        try:
+            for f in [ex.submit(remove, c) for c in tried]:
+                f.result()
+        finally:
+            stop.set()
+    stop_s = time.perf_counter() - t0
+    time.sleep(1)
+    shims = env.shims()
+    left = sum(1 for c in ids if c in shims)
+    pss, rss = [m["Pss"] for m in mems], [m["Rss"] for m in mems]
+    r = {"n_req": N_DENSITY, "n": len(mems), "why": why[0] if why else None,
+         "start_s": start_s, "stop_s": stop_s,
+         "pss_sum_kb": sum(pss), "rss_sum_kb": sum(rss),
+         "pss_med_kb": median(pss), "rss_med_kb": median(rss),
+         "pss_kb": pss, "rss_kb": rss, "threads_sum": sum(thr),
+         "containerd_before": cd0, "containerd_up": cd, "containerd_nofile": env.nofile,
+         "mem_available_drop_kb": avail0 - avail1, "tasks_up": tasks, "shims_left": left}
+    log(f"density: {k}: start {start_s:.1f} s, teardown {stop_s:.1f} s, shim PSS {sum(pss) / 1024:.0f} MiB "
+        f"(median {median(pss) / 1024:.2f}), RSS {sum(rss) / 1024:.0f} MiB (median {median(rss) / 1024:.2f}), "
+        f"{sum(thr)} threads; containerd RSS {cd['rss'] / 1024 if cd else float('nan'):.0f} MiB, "
+        f"{cd['fds'] if cd else '?'} fds, {cd['threads'] if cd else '?'} threads; "
+        f"MemAvailable -{(avail0 - avail1) / 1024:.0f} MiB; {tasks} tasks on the machine; {left} shims left")
+    return r
+
+
+def step_density(env, R):
+    """The density rows: N_DENSITY idle containers per runtime, one runtime after the other."""
+    R["density"] = {}
     for k in RT_TYPE:
-        ids = [f"{TAG}-s{k[0]}-{i:03d}" for i in range(N_SCALE)]
-        log(f"scale: {N_SCALE} {k} containers, {PAR} at a time")
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(PAR) as ex:
-            list(ex.map(lambda c: env.run_detached(k, c), ids))
-        start_s = time.perf_counter() - t0
-        time.sleep(2)
-        shims = env.shims()
-        pids = [shims[c][1] for c in ids if c in shims]
-        if len(pids) != N_SCALE:
-            raise BenchError(f"scale: found {len(pids)} shims for {N_SCALE} containers")
-        mems = [smaps_rollup(p) for p in pids]
-        thr = [threads(p) for p in pids]
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(PAR) as ex:
-            list(ex.map(env.remove, ids))
-        stop_s = time.perf_counter() - t0
-        left = [c for c in ids if c in env.shims()]
-        res[k] = {"start_s": start_s, "stop_s": stop_s,
-                  "pss_sum_kb": sum(m["Pss"] for m in mems),
-                  "rss_sum_kb": sum(m["Rss"] for m in mems),
-                  "threads_sum": sum(thr), "shims_left": len(left)}
+        R["density"][k] = density_one(env, k)
         time.sleep(1)
-    R["scale"] = res
 
 
 # ---- CRI pod start (a cargo test with its own CRI-enabled containerd) -------------------
@@ -969,8 +1122,30 @@ def build_rows(R):
             median(pr), median(pg), "ms", "ratio <= 0.85", "ratio", 0.85, True)
         add("CRI pod start, p90", pct(pr, 90), pct(pg, 90), "ms", "", "info", None, False)
 
+    def add_density():
+        if "density" not in R:
+            return
+        dr, dg = R["density"]["rust"], R["density"]["go"]
+        n = str(dr["n"]) if dr["n"] == dg["n"] else f"{dr['n']} (rustshim) / {dg['n']} (Go)"
+        d = f"Density: {n} idle containers"
+        if dr["n"] < N_DENSITY or dg["n"] < N_DENSITY:  # the most this machine held
+            add(f"{d}: held of {N_DENSITY} requested", dr["n"], dg["n"], "", "", "info", None, False)
+        add(f"{d}, start, {PAR} at a time (wall)", dr["start_s"], dg["start_s"], "s", "", "info", None, False)
+        add(f"{d}, total shim PSS", dr["pss_sum_kb"] / 1024, dg["pss_sum_kb"] / 1024, "MiB", "", "info", None, True)
+        add(f"{d}, total shim RSS", dr["rss_sum_kb"] / 1024, dg["rss_sum_kb"] / 1024, "MiB", "", "info", None, False)
+        add(f"{d}, PSS per shim (median)", dr["pss_med_kb"], dg["pss_med_kb"], "KiB", "", "info", None, False)
+        add(f"{d}, RSS per shim (median)", dr["rss_med_kb"], dg["rss_med_kb"], "KiB", "", "info", None, False)
+        add(f"{d}, total shim threads", dr["threads_sum"], dg["threads_sum"], "", "", "info", None, False)
+        if dr["containerd_up"] and dg["containerd_up"]:
+            add(f"{d}, containerd's own RSS with all up", dr["containerd_up"]["rss"], dg["containerd_up"]["rss"],
+                "KiB", "", "info", None, False)
+        add(f"{d}, kill + delete all (wall)", dr["stop_s"], dg["stop_s"], "s", "", "info", None, False)
+
     if ONLY == "pod":
         add_pod()
+        return rows
+    if ONLY == "density":
+        add_density()
         return rows
     if "log" in R:
         lg = R["log"]
@@ -1026,13 +1201,7 @@ def build_rows(R):
                               ("post", "runc/process exit -> ctr exits")):
                 add(f"  exec timeline (ftrace, median of {n}): {what}", median([p[key] for p in ph["rust"]]),
                     median([p[key] for p in ph["go"]]), "ms", "", "info", None, False)
-    if "scale" in R:
-        s = R["scale"]
-        add(f"Scale: start {N_SCALE} containers, {PAR} at a time (wall)", s["rust"]["start_s"], s["go"]["start_s"], "s", "", "info", None, False)
-        add(f"Scale: total shim PSS, {N_SCALE} containers", s["rust"]["pss_sum_kb"] / 1024, s["go"]["pss_sum_kb"] / 1024, "MiB", "", "info", None, True)
-        add(f"Scale: total shim RSS, {N_SCALE} containers", s["rust"]["rss_sum_kb"] / 1024, s["go"]["rss_sum_kb"] / 1024, "MiB", "", "info", None, False)
-        add(f"Scale: total shim threads, {N_SCALE} containers", s["rust"]["threads_sum"], s["go"]["threads_sum"], "", "", "info", None, False)
-        add(f"Scale: stop + delete {N_SCALE} (wall)", s["rust"]["stop_s"], s["go"]["stop_s"], "s", "", "info", None, False)
+    add_density()
     b = R["binary"]
     add("Binary size (release, stripped)", b["rust"], b["go"], "B", "rustshim <= 3 MB", "abs", 3_000_000, True)
     return rows
@@ -1207,7 +1376,7 @@ def write_docs(R, rows, mi):
         f"- **rustshim:** git {mi['git']}, {mi['rustc']}, release profile (opt-level s, fat LTO, panic=abort), static non-PIE, functions laid out by scripts/layout/symbol-order.txt, stripped (scripts/build-release.sh)",
         f"- **Go shim:** `{mi.get('go_shim', 'containerd-shim-runc-v2')}` from the same Debian containerd package",
         f"- **Run settings:** {N_IDLE} idle containers/runtime, {N_EXECS} execs, {N_RUNS} `ctr run --rm` samples, "
-        f"{IDLE_SECS} s idle window, scale {N_SCALE if N_SCALE else 'skipped'} ×{PAR}, "
+        f"{IDLE_SECS} s idle window, density {N_DENSITY if N_DENSITY else 'skipped'} ×{PAR}, "
         f"CRI pod start {len(R['pod']['rust']) if 'pod' in R else 'skipped'}; "
         f"load average during the latency step {' '.join(R['run_rm']['loadavg_before'])} → {' '.join(R['run_rm']['loadavg_after'])}",
         f"- **Summary:** {len(passes)} targets PASS, {len(misses)} MISS"
@@ -1233,13 +1402,23 @@ def write_docs(R, rows, mi):
         "gRPC over the unix socket from one client; samples alternate rustshim/Go after 2 discarded",
         "warm-ups each, and every pod is stopped, removed and its shim gone (untimed) before the next.",
         "p50 is the median, p90 nearest-rank.",
+        f"Density: {N_DENSITY} idle `sleep` containers per runtime (`ctr run -d`, {PAR} at a time), one runtime",
+        "after the other; with all of them up (3 s after the last start) every shim's `smaps_rollup` is read",
+        "once: total PSS and RSS are sums over the shims, per shim the median. PSS per shim among that many",
+        "is informational (its binary's text divided by the number of shims); the PSS targets are the rows",
+        "above. containerd's own RSS is read at the same moment. Then all are killed (SIGKILL) and",
+        f"deleted, {PAR} at a time; both walls are the whole phase. The step stops starting early, and the",
+        "rows say how many were held of how many requested, when a start fails or before the machine runs",
+        "short (MemAvailable under 2 GiB, tasks within 2,000 of pid_max); the private containerd runs with",
+        "containerd.service's LimitNOFILE=infinity.",
         "",
         "## How to run",
         "",
         "```sh",
-        "scripts/bench                   # full run, as root; ~1.5 min on 2 cores plus the release build; rewrites docs/benchmarks.md + docs/bench.svg",
-        "BENCH_SCALE=0 scripts/bench     # quick run (~1 min): skip the scale step",
-        "BENCH_SCALE=50 BENCH_DOCS=0 scripts/bench   # smaller scale step, table on stdout only",
+        "scripts/bench                   # full run, as root; ~5 min on 2 cores plus the release build; rewrites docs/benchmarks.md + docs/bench.svg",
+        "BENCH_SCALE=0 scripts/bench     # quick run (~1.5 min): skip the 1,000-container density step",
+        "BENCH_SCALE=200 BENCH_DOCS=0 scripts/bench   # smaller density step, table on stdout only",
+        "BENCH_ONLY=density scripts/bench   # only the density rows (~3.5 min), docs left alone",
         "```",
         "",
         "It installs what is missing (`containerd runc busybox-static` and build tools via apt), runs",
@@ -1282,9 +1461,17 @@ def write_docs(R, rows, mi):
         lines.append(f"- CRI pod start rustshim {[round(x, 1) for x in sorted(pod['rust'])]}")
         lines.append(f"- CRI pod start Go {[round(x, 1) for x in sorted(pod['go'])]} "
                      f"({pod.get('go_shim', '?')}; {pod.get('containerd', '?')})")
-    if "scale" in R:
-        s = R["scale"]
-        lines.append(f"- scale: shims left after stop: rustshim {s['rust']['shims_left']}, Go {s['go']['shims_left']}")
+    if "density" in R:
+        d = R["density"]
+        for k, name in (("rust", "rustshim"), ("go", "Go shim")):
+            x, c = d[k], d[k]["containerd_up"] or {}
+            lines.append(f"- density, {name}: held {x['n']} of {x['n_req']}"
+                         + (f" (stopped: {x['why']})" if x["why"] else "")
+                         + f"; PSS per shim min/median/max {min(x['pss_kb'], default=0)}/{x['pss_med_kb']:.0f}/"
+                         f"{max(x['pss_kb'], default=0)} kB; containerd with all up: RSS {c.get('rss')} kB, "
+                         f"{c.get('fds')} fds (RLIMIT_NOFILE {x['containerd_nofile'][0] if x['containerd_nofile'] else '?'}); "
+                         f"{x['tasks_up']} tasks on the machine; MemAvailable down {x['mem_available_drop_kb'] // 1024} MiB; "
+                         f"shims left after teardown: {x['shims_left']}")
     lines.append("")
     with open(md_path, "w") as f:
         f.write("\n".join(lines))
@@ -1303,8 +1490,10 @@ def main():
     go_bin = shutil.which("containerd-shim-runc-v2")
     if not go_bin:
         sys.exit("containerd-shim-runc-v2 not found")
-    if ONLY not in ("", "log", "pod"):
-        sys.exit(f"BENCH_ONLY={ONLY}: only \"log\" or \"pod\"")
+    if ONLY not in ("", "log", "pod", "density"):
+        sys.exit(f"BENCH_ONLY={ONLY}: only \"log\", \"pod\" or \"density\"")
+    if ONLY == "density" and N_DENSITY == 0:
+        sys.exit("BENCH_ONLY=density with BENCH_SCALE=0: nothing to run")
     pod_skip = "BENCH_POD=0" if N_POD == 0 else None
     if pod_wanted():
         try:
@@ -1346,8 +1535,8 @@ def main():
             step_run_rm(env, R, bundles)
             if N_TRACE > 0:
                 step_shim_cpu(env, R)
-            if N_SCALE > 0:
-                step_scale(env, R)
+        if N_DENSITY > 0 and ONLY in ("", "density"):
+            step_density(env, R)
         if pod_wanted() and not pod_skip:
             step_pod_start(env, R)
         ok = True
