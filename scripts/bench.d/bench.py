@@ -167,6 +167,15 @@ def cpu_snapshot(pid):
     return ticks, ns, vcs, nvcs, per_thread
 
 
+def drop_page_cache(path):
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 # ---- the private containerd ------------------------------------------------------------
 
 def containerd_rlimits():
@@ -213,12 +222,7 @@ class Env:
             # (up to 2 MiB here), and a fault maps a whole dirty folio: a fresh copy would show
             # text resident that no shim ran. Drop them, so both binaries are read from disk
             # through readahead as an installed binary is after a reboot.
-            os.sync()
-            fd = os.open(dst, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+            drop_page_cache(dst)
         cfg = os.path.join(self.dir, "config.toml")
         with open(cfg, "w") as f:
             f.write(f'''version = 2
@@ -888,12 +892,7 @@ def density_one(env, k):
     avail0 = int(re.search(r"MemAvailable:\s*(\d+)", read("/proc/meminfo")).group(1))
     cd0 = containerd_mem(env)
     t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(PAR) as ex:
-        try:
-            for f in [ex.submit(start, c) for c in ids]:
-                f.result()
-        finally:
-            stop.set()  # before the executor's exit waits: on an interrupt, queued starts return at once
+    run_all(start, ids, stop)
     start_s = time.perf_counter() - t0
     if why:
         log(f"density: {k}: stopped starting after {len(started)} of {N_DENSITY}: {why[0]}")
@@ -917,12 +916,7 @@ def density_one(env, k):
     log(f"density: {k}: removing {len(tried)} containers, {PAR} at a time")
     stop.clear()
     t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(PAR) as ex:
-        try:
-            for f in [ex.submit(remove, c) for c in tried]:
-                f.result()
-        finally:
-            stop.set()
+    run_all(remove, tried, stop)
     stop_s = time.perf_counter() - t0
     time.sleep(1)
     shims = env.shims()
@@ -941,6 +935,17 @@ def density_one(env, k):
         f"{cd['fds'] if cd else '?'} fds, {cd['threads'] if cd else '?'} threads; "
         f"MemAvailable -{(avail0 - avail1) / 1024:.0f} MiB; {tasks} tasks on the machine; {left} shims left")
     return r
+
+
+def run_all(fn, items, stop):
+    """fn over items, PAR at a time; `stop` is set before the pool's exit waits, so that on an
+    interrupt the queued calls (which check it) return at once instead of all running."""
+    with cf.ThreadPoolExecutor(PAR) as ex:
+        try:
+            for f in [ex.submit(fn, c) for c in items]:
+                f.result()
+        finally:
+            stop.set()
 
 
 def step_density(env, R):

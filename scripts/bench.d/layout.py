@@ -8,9 +8,10 @@ the front of the text maps only those windows.
 
 How, in two kinds of pass against a private containerd (bench.py's Env, namespace layout):
 1. callgrind: the shim daemon runs under valgrind through a wrapper; `callgrind_control -d` at
-   idle splits the profile into what ran before idle (create, start) and after (exec, ps,
-   metrics, pause, resume, kill, delete). Order = before-idle, then glibc's string-function
-   variants (valgrind's CPU makes glibc pick other ones than real hardware does), then after.
+   idle and again after three execs splits the profile into what ran before idle (create,
+   start), for the execs, and after (ps, metrics, pause, resume, kill, delete). Order =
+   before-idle, then glibc's string-function variants (valgrind's CPU makes glibc pick other
+   ones than real hardware does), then the exec path, then the rest.
 2. touched pages: callgrind misses what only real hardware runs (CPU-dependent code, timing).
    With the block device's readahead at 0 and the binary's page cache dropped, the page cache
    holds only the pages something touched, so fault-around maps only those: the shim's pagemap
@@ -109,15 +110,6 @@ class Readahead:
             self.changed = False
 
 
-def drop_page_cache(path):
-    os.sync()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def with_containerd(shim, fn):
     """Runs fn(env) against a private containerd whose rustshim is `shim` (a file to copy)."""
     B.RUST_BIN = shim
@@ -158,6 +150,10 @@ def callgrind_pass(unstripped):
         time.sleep(1)
         for i in range(3):
             B.run(env.ctr("task", "exec", "--exec-id", f"e{i}", cid, "echo", "hi"))
+        # A second split: the exec path comes right after the front, so that a shim running
+        # execs (probes) while its neighbours idle maps few windows of its own.
+        B.run(["callgrind_control", "-d", "exec", str(daemons[0])])
+        time.sleep(1)
         for args in (("task", "ps", cid), ("task", "metrics", cid), ("task", "pause", cid),
                      ("task", "resume", cid), ("task", "ls")):
             B.run(env.ctr(*args))
@@ -168,11 +164,12 @@ def callgrind_pass(unstripped):
     try:
         daemon = with_containerd(wrapper, life)
         before = callgrind_names(f"{work}/cg.{daemon}.1")
+        execs = callgrind_names(f"{work}/cg.{daemon}.2")
         after = callgrind_names(f"{work}/cg.{daemon}")
         for other in glob.glob(f"{work}/cg.*"):  # the short-lived `start` and `delete` runs
             if not other.startswith(f"{work}/cg.{daemon}"):
                 after += callgrind_names(other)
-        return before, after
+        return before, execs, after
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -182,7 +179,7 @@ def touched_pass(stripped, syms):
     ra = Readahead("/tmp")
 
     def idle(env):
-        drop_page_cache(os.path.join(env.bin, os.path.basename(stripped)))
+        # Env.start dropped the copy's page cache: what is cached from here on was touched
         ra.zero()
         try:
             cid = f"{B.TAG}-touch"
@@ -244,10 +241,10 @@ def main():
     syms = symbols(unstripped)
     known = {n for _, _, n in syms}
     log("callgrind pass")
-    before, after = callgrind_pass(unstripped)
+    before, exec_names, after = callgrind_pass(unstripped)
     strings = [n for n in known if STRING_VARIANT.match(n)]
     front = [n for n in before if n in known] + sorted(strings)
-    order = list(dict.fromkeys(front + [n for n in after if n in known]))
+    order = list(dict.fromkeys(front + [n for n in exec_names + after if n in known]))
     log(f"{len(front)} functions before idle, {len(order)} in all")
     tmp = OUT + ".tmp"
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
@@ -270,7 +267,10 @@ def main():
     # Within each part the order matters little (all of the front is mapped anyway): sorted, so
     # a regenerated file differs from the last one only where the profile did.
     front_set = set(front)
-    order = sorted(front_set) + sorted(n for n in order if n not in front_set)
+    exec_part = [n for n in dict.fromkeys(exec_names) if n in known and n not in front_set]
+    exec_set = set(exec_part)
+    order = (sorted(front_set) + sorted(exec_set)
+             + sorted(n for n in order if n not in front_set and n not in exec_set))
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     write_order(OUT, order, [
         "Function layout of the release shim: made by scripts/profile-layout.sh, used by",

@@ -14,7 +14,6 @@
 mod common;
 mod cri;
 
-use std::collections::HashMap;
 use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -321,30 +320,7 @@ async fn flow(cd: &cri::CriContainerd) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let pod_config = api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: "rustshim-ckpt".into(),
-            uid: format!("uid-{}", cri::random_suffix(12)),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        log_directory: cd.log_dir.display().to_string(),
-        linux: Some(api::LinuxPodSandboxConfig {
-            cgroup_parent: cd.cgroup_parent.clone(),
-            security_context: Some(api::LinuxSandboxSecurityContext {
-                namespace_options: Some(api::NamespaceOption {
-                    network: api::NamespaceMode::Node as i32,
-                    pid: api::NamespaceMode::Container as i32,
-                    ipc: api::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        labels: HashMap::from([("test".to_string(), TEST.to_string())]),
-        ..Default::default()
-    };
+    let pod_config = cri::host_network_pod_config(cd, "rustshim-ckpt", TEST);
     let pod_id = call(
         "RunPodSandbox",
         rt.run_pod_sandbox(api::RunPodSandboxRequest { config: Some(pod_config.clone()), runtime_handler: cri::handler().into() }),

@@ -1057,6 +1057,17 @@ pub async fn wait_for_images(
     Ok(())
 }
 
+/// Host network (no CNI needed), the container's own pid namespace, the pod's ipc: what the
+/// pods of these tests and their containers declare alike.
+pub fn host_network_namespaces() -> api::NamespaceOption {
+    api::NamespaceOption {
+        network: api::NamespaceMode::Node as i32,
+        pid: api::NamespaceMode::Container as i32,
+        ipc: api::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
 /// A host-network pod (no CNI needed) with a fresh uid, logging to `cd`'s pod log dir, under
 /// the cgroup parent `cd` removes at drop; labelled `test=<test>`.
 pub fn host_network_pod_config(cd: &CriContainerd, name: &str, test: &str) -> api::PodSandboxConfig {
@@ -1075,12 +1086,7 @@ pub fn host_network_pod_config(cd: &CriContainerd, name: &str, test: &str) -> ap
         linux: Some(api::LinuxPodSandboxConfig {
             cgroup_parent: cd.cgroup_parent.clone(),
             security_context: Some(api::LinuxSandboxSecurityContext {
-                namespace_options: Some(api::NamespaceOption {
-                    network: api::NamespaceMode::Node as i32,
-                    pid: api::NamespaceMode::Container as i32,
-                    ipc: api::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(host_network_namespaces()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -1111,12 +1117,7 @@ pub fn container_config(name: &str, cmd: &[&str], log_path: &str) -> api::Contai
                 ..Default::default()
             }),
             security_context: Some(api::LinuxContainerSecurityContext {
-                namespace_options: Some(api::NamespaceOption {
-                    network: api::NamespaceMode::Node as i32,
-                    pid: api::NamespaceMode::Container as i32,
-                    ipc: api::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(host_network_namespaces()),
                 ..Default::default()
             }),
         }),
