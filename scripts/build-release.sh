@@ -6,7 +6,7 @@
 #   the shim calls. The shim resolves no users or hosts, so glibc's NSS caveats do not apply.
 # - function layout: scripts/layout/symbol-order.txt (made by scripts/profile-layout.sh) puts the
 #   functions an idle shim has run first, together. The kernel maps a file's pages 64 KiB around
-#   each fault, so hot code scattered over the text maps nearly all of it; packed, ~0.9 of 1.7 MB.
+#   each fault, so hot code scattered over the text maps nearly all of it; packed, ~1.0 of 1.7 MB.
 #   An entry that no longer names a symbol is skipped: a stale file costs memory, never breaks.
 #   RUSTSHIM_SYMBOL_ORDER=other-file, or =none for the linker's own order.
 # - stripped after linking, not by cargo: the profile's `strip` is part of the hash cargo puts in

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate scripts/layout/symbol-order.txt: profile which functions an idle shim has run (callgrind,
 # then the exact pages it touched) and pack them at the front of the release binary's text, so a
-# lone idle shim maps ~0.9 MB of its 1.7 MB of code instead of all of it. Method and why:
+# lone idle shim maps ~1.0 MB of its 1.7 MB of code instead of all of it. Method and why:
 # scripts/bench.d/layout.py. Run it after a toolchain or dependency upgrade, or when
 # scripts/bench's "PSS per shim, 1 idle container" grows; ~5 min on 2 cores. Needs root: it runs a
 # private containerd (namespace "layout", removed after) and sets the readahead of /tmp's block

@@ -138,7 +138,9 @@ fn cgroup_mounts(mut r: impl io::BufRead) -> io::Result<Vec<Mount>> {
         if r.read_until(b'\n', &mut line)? == 0 {
             return Ok(mounts);
         }
-        // mountinfo escapes anything unusual as \ooo, so a line is ASCII; skip one that is not
+        // The kernel escapes only space, tab, newline and backslash: a mount point with bytes
+        // that are not UTF-8 shows them raw. Such a line is skipped (no cgroup mount is one);
+        // read whole, the file used to fail on it.
         if let Some(m) = std::str::from_utf8(&line).ok().and_then(cgroup_mount) {
             mounts.push(m);
         }
