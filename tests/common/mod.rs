@@ -328,6 +328,72 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
+/// Starts a private containerd, `containerd --config <dir>/config.toml`, with PATH `path` and the
+/// extra `env`, its output appended to `<dir>/containerd.log`, its temporary files (e.g.
+/// ctrd-checkpoint* image dirs) in `<dir>/tmp` rather than the host's /tmp, in a process group
+/// of its own (a ^C to the test run does not hit it directly). Waits up to 30 s for
+/// `ctr -a sock version`; when containerd exits or does not answer, it is killed and this panics
+/// with the log's tail, naming test `name`.
+pub fn spawn_containerd(
+    name: &str,
+    containerd: &Path,
+    ctr: &Path,
+    dir: &Path,
+    sock: &Path,
+    path: &std::ffi::OsStr,
+    env: &[(String, String)],
+) -> Child {
+    let log_path = dir.join("containerd.log");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("open containerd.log");
+    let tmp = dir.join("tmp");
+    let _ = fs::create_dir_all(&tmp);
+    let mut child = Command::new(containerd)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("PATH", path)
+        .env("TMPDIR", &tmp)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("spawn containerd");
+    let log_tail = || tail(&String::from_utf8_lossy(&fs::read(&log_path).unwrap_or_default()), 40);
+    let mut last = String::new();
+    let mut exited = None;
+    let ok = wait_until(Duration::from_secs(30), || {
+        if let Ok(Some(st)) = child.try_wait() {
+            exited = Some(st);
+            return true;
+        }
+        let o = run_with_timeout(
+            Command::new(ctr).arg("-a").arg(sock).arg("version"),
+            None,
+            Duration::ZERO,
+            Duration::from_secs(5),
+        );
+        last = describe(&o);
+        o.status.success()
+    });
+    if let Some(st) = exited {
+        panic!("[{name}] containerd exited at startup: {st}\n--- containerd.log tail ---\n{}", log_tail());
+    }
+    if !ok {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "[{name}] containerd did not answer `ctr version` within 30s: {last}\n--- containerd.log tail ---\n{}",
+            log_tail()
+        );
+    }
+    child
+}
+
 /// Exit code of a finished process (signals map to 128+N like a shell).
 pub fn exit_code(st: &ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
@@ -497,11 +563,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
     }
 
     fn spawn_daemon(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("containerd.log"))
-            .expect("open containerd.log");
         let shim_dir = Path::new(SHIM_BIN).parent().unwrap().to_path_buf();
         let mut paths = vec![shim_dir];
         paths.extend(self.extra_path.iter().cloned());
@@ -509,50 +570,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
             paths.extend(std::env::split_paths(&p));
         }
         let path = std::env::join_paths(paths).unwrap();
-        // containerd's own temporary files (e.g. ctrd-checkpoint* image dirs) go in the
-        // private dir, which cleanup removes, rather than in the host's /tmp.
-        let tmp = self.dir.join("tmp");
-        let _ = fs::create_dir_all(&tmp);
-        let mut cmd = Command::new(containerd_tool("containerd"));
-        cmd.arg("--config")
-            .arg(self.dir.join("config.toml"))
-            .env("PATH", path)
-            .env("TMPDIR", &tmp)
-            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            // own process group: a ^C to the test run does not hit it directly
-            .process_group(0);
-        let child = cmd.spawn().expect("spawn containerd");
-        self.child = Some(child);
-        let ok = wait_until(Duration::from_secs(30), || {
-            if let Some(ch) = self.child.as_mut() {
-                if let Ok(Some(st)) = ch.try_wait() {
-                    panic!(
-                        "[{}] containerd exited at startup: {st}\n--- containerd.log tail ---\n{}",
-                        self.name,
-                        tail(&self.log(), 40)
-                    );
-                }
-            }
-            let o = run_with_timeout(
-                Command::new(containerd_tool("ctr"))
-                    .arg("-a")
-                    .arg(&self.sock)
-                    .arg("version"),
-                None,
-                Duration::ZERO,
-                Duration::from_secs(5),
-            );
-            o.status.success()
-        });
-        assert!(
-            ok,
-            "[{}] containerd did not answer `ctr version` within 30s\n--- containerd.log tail ---\n{}",
-            self.name,
-            tail(&self.log(), 40)
+        let child = spawn_containerd(
+            &self.name,
+            &containerd_tool("containerd"),
+            &containerd_tool("ctr"),
+            &self.dir,
+            &self.sock,
+            &path,
+            &self.extra_env,
         );
+        self.child = Some(child);
     }
 
     /// Pid of the running containerd (panics if it is not running).

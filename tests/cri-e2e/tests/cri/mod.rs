@@ -27,7 +27,7 @@
 //!   so nothing else in `/dir` (the bench keeps a Go shim copy there) is used.
 #![allow(dead_code)]
 
-pub use crate::common::{describe, pid_alive, random_suffix, repo_root, send_signal, wait_until, which};
+pub use crate::common::{describe, pid_alive, random_suffix, repo_root, send_signal, tail, wait_until, which};
 use k8s_cri::v1 as api;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -35,9 +35,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::future::Future;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -216,10 +215,6 @@ pub fn prerequisites() -> Result<(), String> {
 
 
 
-pub fn tail(s: &str, lines: usize) -> String {
-    let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
 
 
 
@@ -625,41 +620,16 @@ impl CriContainerd {
     }
 
     fn spawn_daemon(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("containerd.log"))
-            .expect("open containerd.log");
-        let child = Command::new(self.bin_dir.join("containerd"))
-            .arg("--config")
-            .arg(self.dir.join("config.toml"))
-            .env("PATH", std::env::join_paths(&self.path).unwrap())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("spawn containerd");
-        self.child = Some(child);
-        let mut last = String::new();
-        let ok = wait_until(Duration::from_secs(30), || {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "[{}] containerd exited at startup: {st}\n--- containerd.log tail ---\n{}",
-                    self.name,
-                    tail(&self.log(), 40)
-                );
-            }
-            let o = self.ctr(&["version"], Duration::from_secs(5));
-            last = describe(&o);
-            o.status.success()
-        });
-        assert!(
-            ok,
-            "[{}] containerd did not answer within 30s: {last}\n--- containerd.log tail ---\n{}",
-            self.name,
-            tail(&self.log(), 40)
+        let child = crate::common::spawn_containerd(
+            &self.name,
+            &self.bin_dir.join("containerd"),
+            &self.bin_dir.join("ctr"),
+            &self.dir,
+            &self.sock,
+            &std::env::join_paths(&self.path).unwrap(),
+            &[],
         );
+        self.child = Some(child);
     }
 
     pub fn pid(&self) -> Option<u32> {
